@@ -1,0 +1,237 @@
+"""The worker: one engine behind a request-plane ROUTER and an event-plane PUB (DESIGN.md §2).
+
+    frontend DEALER ──generate/cancel/ping──► ROUTER ─► engine.add / engine.abort
+    frontend DEALER ◄──one frame per pass──── ROUTER ◄─ engine.step()   (grouped per frontend)
+    frontend SUB    ◄──kv / load──────────── PUB     ◄─ KV relay, engine.load()
+    discovery dir   ◄──record, every 1 s──── heartbeat
+
+Failure semantics: a frontend that can no longer be reached (ROUTER_MANDATORY reports it) gets
+its requests cancelled and their KV freed; a full send queue is waited on, never dropped; on
+shutdown the record is removed first, then every in-flight request fails with a migratable error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+
+import msgpack
+import zmq
+import zmq.asyncio
+
+from router.discovery import HEARTBEAT_INTERVAL_S, Discovery, WorkerRecord
+from router.events import LoadReport
+from worker import protocol
+from worker.engine import Engine, EngineStep, RequestOutput
+
+log = logging.getLogger("rotor.worker")
+
+LOAD_REPORT_INTERVAL_S = 0.1      # load is published at most this often, when it changed
+LOAD_REPORT_REFRESH_S = 2.0       # ... and at least this often, for subscribers that joined late
+
+
+@dataclass(frozen=True)
+class WorkerIdentity:
+    """What the worker registers besides the engine's capacities."""
+
+    worker_id: int
+    model: str
+    model_path: str
+    tokenizer_sha256: str
+    context_length: int
+    engine: str
+    host: str = "127.0.0.1"
+
+
+class WorkerServer:
+    def __init__(self, engine: Engine, identity: WorkerIdentity, discovery: Discovery):
+        self.engine = engine
+        self.identity = identity
+        self.worker_id = identity.worker_id
+        self.discovery = discovery
+        self._ctx = zmq.asyncio.Context()
+        self._router = self._ctx.socket(zmq.ROUTER)
+        self._router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self._router.setsockopt(zmq.LINGER, 0)
+        self._router.setsockopt(zmq.SNDHWM, protocol.SEND_HWM)
+        self._router.setsockopt(zmq.HEARTBEAT_IVL, protocol.HEARTBEAT_IVL_MS)
+        self._router.setsockopt(zmq.HEARTBEAT_TIMEOUT, protocol.HEARTBEAT_TIMEOUT_MS)
+        # Non-blocking sends go through a synchronous shadow so EAGAIN/EHOSTUNREACH surface at once.
+        self._router_send = zmq.Socket.shadow(self._router.underlying)
+        self._pub = self._ctx.socket(zmq.PUB)
+        self._pub.setsockopt(zmq.LINGER, 0)
+        self._owners: dict[str, bytes] = {}      # request_id -> frontend DEALER identity
+        self.record: WorkerRecord | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def serve(self, stop: asyncio.Event) -> None:
+        host = self.identity.host
+        self._router.bind(f"tcp://{host}:0")
+        self._pub.bind(f"tcp://{host}:0")
+        await self.engine.start()
+        info = self.engine.info
+        self.record = WorkerRecord(
+            worker_id=self.worker_id, model=self.identity.model,
+            model_path=self.identity.model_path, tokenizer_sha256=self.identity.tokenizer_sha256,
+            context_length=self.identity.context_length, kv_block_size=info.kv_block_size,
+            total_kv_blocks=info.total_kv_blocks, max_num_seqs=info.max_num_seqs,
+            max_num_batched_tokens=info.max_num_batched_tokens, engine=self.identity.engine,
+            request_endpoint=self._endpoint(self._router), event_endpoint=self._endpoint(self._pub),
+            started_at=time.time(), pid=os.getpid())
+        self.discovery.publish(self.record)
+        log.info("worker %d serving model %r (engine %s) requests on %s, events on %s",
+                 self.worker_id, self.record.model, self.record.engine,
+                 self.record.request_endpoint, self.record.event_endpoint)
+        loops = [asyncio.create_task(coro) for coro in (
+            self._receive_loop(), self._step_loop(), self._heartbeat_loop(), self._load_loop())]
+        stopper = asyncio.create_task(stop.wait())
+        try:
+            done, _ = await asyncio.wait([stopper, *loops], return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if task is not stopper and task.exception():
+                    raise task.exception()
+        finally:
+            for task in (stopper, *loops):
+                task.cancel()
+            await asyncio.gather(stopper, *loops, return_exceptions=True)
+            await self._shutdown()
+
+    async def _shutdown(self) -> None:
+        self.discovery.remove(self.worker_id)
+        failed: dict[bytes, list[RequestOutput]] = defaultdict(list)
+        for request_id, owner in self._owners.items():
+            self.engine.abort(request_id)
+            failed[owner].append(RequestOutput(request_id, 0, [], "error",
+                                               error=protocol.ERROR_SHUTDOWN))
+        for owner, outputs in failed.items():
+            self._try_send(owner, protocol.outputs_message(self.worker_id, outputs))
+        self._owners.clear()
+        await self.engine.stop()
+        self._router.close(linger=200)
+        self._pub.close(linger=0)
+        self._ctx.term()
+        log.info("worker %d stopped", self.worker_id)
+
+    @staticmethod
+    def _endpoint(sock: zmq.Socket) -> str:
+        return sock.getsockopt_string(zmq.LAST_ENDPOINT)
+
+    # -- request plane ---------------------------------------------------------------------
+
+    async def _receive_loop(self) -> None:
+        while True:
+            frames = await self._router.recv_multipart()
+            if len(frames) != 2:
+                log.warning("dropped a request-plane message of %d frames", len(frames))
+                continue
+            owner, frame = frames
+            try:
+                message = protocol.unpack(frame)
+                self._handle(owner, message)
+            except ValueError as exc:
+                log.warning("dropped a malformed request-plane message: %s", exc)
+
+    def _handle(self, owner: bytes, message: dict) -> None:
+        kind = message["type"]
+        if message.get("worker_id") != self.worker_id:
+            # A frontend talking to this worker's predecessor at the same address.
+            if kind == "generate":
+                request_id = str((message.get("request") or {}).get("request_id", ""))
+                self._reject(owner, request_id, protocol.ERROR_WRONG_WORKER)
+            return
+        if kind == "generate":
+            request = protocol.request_from_message(message, received_at=time.monotonic())
+            if request.request_id in self._owners:
+                raise ValueError(f"duplicate request_id {request.request_id!r}")
+            try:
+                self.engine.add(request)
+            except ValueError as exc:
+                self._reject(owner, request.request_id, str(exc))
+                return
+            self._owners[request.request_id] = owner
+        elif kind == "cancel":
+            request_id = message.get("request_id")
+            if self._owners.pop(request_id, None) is not None:
+                self.engine.abort(request_id)
+        elif kind == "ping":
+            self._try_send(owner, protocol.pong_message(self.worker_id))
+        else:
+            raise ValueError(f"unknown request-plane message type {kind!r}")
+
+    def _reject(self, owner: bytes, request_id: str, error: str) -> None:
+        output = RequestOutput(request_id, 0, [], "error", error=error)
+        self._try_send(owner, protocol.outputs_message(self.worker_id, [output]))
+
+    async def _step_loop(self) -> None:
+        while True:
+            step = await self.engine.step()
+            self._publish_kv(step)
+            by_owner: dict[bytes, list[RequestOutput]] = defaultdict(list)
+            for output in step.outputs:
+                owner = (self._owners.pop(output.request_id, None) if output.finish_reason
+                         else self._owners.get(output.request_id))
+                if owner is not None:          # None: cancelled while the pass ran
+                    by_owner[owner].append(output)
+            for owner, outputs in by_owner.items():
+                await self._send(owner, protocol.outputs_message(self.worker_id, outputs))
+
+    async def _send(self, owner: bytes, frame: bytes) -> None:
+        """Send to one frontend, waiting out a full queue; a vanished frontend loses its requests."""
+        delay = 0.0005
+        while True:
+            try:
+                self._router_send.send_multipart([owner, frame], flags=zmq.NOBLOCK)
+                return
+            except zmq.Again:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.05)
+            except zmq.ZMQError as exc:
+                if exc.errno != errno.EHOSTUNREACH:
+                    raise
+                self._drop_owner(owner)
+                return
+
+    def _try_send(self, owner: bytes, frame: bytes) -> None:
+        try:
+            self._router_send.send_multipart([owner, frame], flags=zmq.NOBLOCK)
+        except zmq.ZMQError as exc:
+            log.warning("could not reply to a frontend: %s", exc)
+
+    def _drop_owner(self, owner: bytes) -> None:
+        lost = [rid for rid, o in self._owners.items() if o == owner]
+        for request_id in lost:
+            del self._owners[request_id]
+            self.engine.abort(request_id)
+        log.warning("a frontend became unreachable: cancelled its %d request(s)", len(lost))
+
+    # -- event plane and discovery ---------------------------------------------------------
+
+    def _publish_kv(self, step: EngineStep) -> None:
+        """KV events reach the router through the relay (router issue); until then none are sent."""
+
+    async def _load_loop(self) -> None:
+        last: LoadReport | None = None
+        last_sent = 0.0
+        while True:
+            load = self.engine.load()
+            report = LoadReport(self.worker_id, 0, load.kv_used_blocks, load.kv_total_blocks,
+                                load.num_running, load.num_waiting)
+            now = time.monotonic()
+            if report != last or now - last_sent >= LOAD_REPORT_REFRESH_S:
+                await self._pub.send_multipart(
+                    [b"load", msgpack.packb(report.to_wire(), use_bin_type=True)])
+                last, last_sent = report, now
+            await asyncio.sleep(LOAD_REPORT_INTERVAL_S)
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT_INTERVAL_S)
+            assert self.record is not None
+            await asyncio.to_thread(self.discovery.publish, self.record)
+
