@@ -1,0 +1,330 @@
+"""The frontend's view of the fleet: discovered workers, one request-plane client each, and the
+event-plane subscription (DESIGN.md §2).
+
+    FileDiscovery.scan() ──diff──► WorkerPool.add / remove
+    WorkerClient (DEALER, one per worker) ── generate/cancel ──► worker ROUTER
+        reader task:  frames ──► RequestStream queues (one per in-flight request)
+        monitor task: disconnect / heartbeat timeout ──► every in-flight request fails, migratable
+    SUB (one, connected to every worker's PUB) ──► load reports (and KV events, router issue)
+
+A worker whose KV block size or tokenizer differs from its model's other workers is refused, and
+the reason is kept for /health.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import msgpack
+import zmq
+import zmq.asyncio
+from zmq.utils.monitor import parse_monitor_message
+
+from frontend.tokenizer import Tokenizer
+from router.discovery import Discovery, WorkerRecord
+from router.events import LoadReport
+from worker import protocol
+from worker.engine import EngineRequest, RequestOutput
+
+log = logging.getLogger("rotor.frontend")
+
+DISCOVERY_POLL_S = 0.25
+CONNECT_TIMEOUT_S = 2.0
+
+
+class WorkerFailed(Exception):
+    """A request could not complete on its worker. `migratable`: another worker may continue it."""
+
+    def __init__(self, message: str, migratable: bool):
+        super().__init__(message)
+        self.migratable = migratable
+
+
+class RequestStream:
+    """The outputs of one request on one worker, in order; raises WorkerFailed on failure."""
+
+    def __init__(self, client: "WorkerClient", request_id: str):
+        self.client = client
+        self.request_id = request_id
+        self._queue: asyncio.Queue[list[RequestOutput] | WorkerFailed] = asyncio.Queue()
+        self.finished = False
+
+    def _push(self, item: list[RequestOutput] | WorkerFailed) -> None:
+        self._queue.put_nowait(item)
+
+    async def next_outputs(self) -> list[RequestOutput]:
+        """Everything that arrived since the last call (at least one output)."""
+        item = await self._queue.get()
+        if isinstance(item, WorkerFailed):
+            self.finished = True
+            raise item
+        batch = item
+        while not self._queue.empty():
+            more = self._queue.get_nowait()
+            if isinstance(more, WorkerFailed):
+                self._queue.put_nowait(more)    # surface after the outputs that came before it
+                break
+            batch.extend(more)
+        if batch and batch[-1].finish_reason is not None:
+            self.finished = True
+        return batch
+
+    def cancel(self) -> None:
+        """Stop the request on its worker (frees its KV there); idempotent."""
+        if not self.finished:
+            self.finished = True
+            self.client.cancel(self.request_id)
+
+
+class WorkerClient:
+    """One DEALER to one worker, multiplexing that worker's in-flight requests."""
+
+    def __init__(self, ctx: zmq.asyncio.Context, record: WorkerRecord):
+        self.record = record
+        self.worker_id = record.worker_id
+        self.load: LoadReport | None = None
+        self._sock = ctx.socket(zmq.DEALER)
+        self._sock.setsockopt(zmq.IMMEDIATE, 1)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.setsockopt(zmq.SNDHWM, protocol.SEND_HWM)
+        self._sock.setsockopt(zmq.HEARTBEAT_IVL, protocol.HEARTBEAT_IVL_MS)
+        self._sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, protocol.HEARTBEAT_TIMEOUT_MS)
+        self._sock.setsockopt(zmq.HEARTBEAT_TTL, protocol.HEARTBEAT_TIMEOUT_MS)
+        self._monitor = self._sock.get_monitor_socket(
+            zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
+        self._sock.connect(record.request_endpoint)
+        self._connected = asyncio.Event()
+        self._lost = False                       # the connection dropped and has not come back
+        self._streams: dict[str, RequestStream] = {}
+        self._tasks = [asyncio.create_task(self._read_loop()),
+                       asyncio.create_task(self._monitor_loop())]
+        self.closed = False
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    @property
+    def available(self) -> bool:
+        """Worth sending to: not closed, and either connected or not yet tried."""
+        return not self.closed and not self._lost
+
+    @property
+    def num_in_flight(self) -> int:
+        return len(self._streams)
+
+    async def submit(self, request: EngineRequest) -> RequestStream:
+        """Send a request; WorkerFailed(migratable) if the worker cannot be reached."""
+        if self.closed:
+            raise WorkerFailed(f"worker {self.worker_id} is gone", migratable=True)
+        if not self._connected.is_set():
+            try:
+                await asyncio.wait_for(self._connected.wait(), CONNECT_TIMEOUT_S)
+            except TimeoutError:
+                raise WorkerFailed(f"cannot connect to worker {self.worker_id}",
+                                   migratable=True) from None
+        stream = RequestStream(self, request.request_id)
+        self._streams[request.request_id] = stream
+        try:
+            await self._sock.send(protocol.generate_message(self.worker_id, request))
+        except BaseException:
+            self._streams.pop(request.request_id, None)
+            raise
+        return stream
+
+    def cancel(self, request_id: str) -> None:
+        if self._streams.pop(request_id, None) is not None and not self.closed:
+            try:
+                self._sock.send(protocol.cancel_message(self.worker_id, request_id),
+                                flags=zmq.NOBLOCK)
+            except zmq.ZMQError as exc:  # disconnected: the worker cancels on its own
+                log.debug("cancel of %s not sent: %s", request_id, exc)
+
+    def fail_all(self, reason: str) -> None:
+        streams, self._streams = self._streams, {}
+        for stream in streams.values():
+            stream._push(WorkerFailed(reason, migratable=True))
+        if streams:
+            log.warning("worker %d: %s; failed %d in-flight request(s)",
+                        self.worker_id, reason, len(streams))
+
+    async def close(self, reason: str) -> None:
+        self.closed = True
+        self.fail_all(reason)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._sock.disable_monitor()
+        self._monitor.close(linger=0)
+        self._sock.close(linger=0)
+
+    async def _read_loop(self) -> None:
+        while True:
+            frame = await self._sock.recv()
+            try:
+                message = protocol.unpack(frame)
+                if message["type"] != "outputs":
+                    continue
+                outputs = protocol.outputs_from_message(message)
+            except (ValueError, KeyError, TypeError) as exc:
+                log.warning("worker %d sent a malformed frame: %s", self.worker_id, exc)
+                continue
+            self._dispatch(outputs)
+
+    def _dispatch(self, outputs: list[RequestOutput]) -> None:
+        by_request: dict[str, list[RequestOutput]] = {}
+        for output in outputs:
+            by_request.setdefault(output.request_id, []).append(output)
+        for request_id, mine in by_request.items():
+            stream = self._streams.get(request_id)
+            if stream is None:
+                continue                         # cancelled meanwhile
+            final = mine[-1]
+            if final.finish_reason == "error":
+                del self._streams[request_id]
+                migratable = final.error in protocol.MIGRATABLE_ERRORS
+                stream._push(WorkerFailed(f"worker {self.worker_id}: {final.error}", migratable))
+                continue
+            if final.finish_reason is not None:
+                del self._streams[request_id]
+            stream._push(mine)
+
+    async def _monitor_loop(self) -> None:
+        while True:
+            event = parse_monitor_message(await self._monitor.recv_multipart())["event"]
+            if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self._connected.set()
+                self._lost = False
+            elif event == zmq.EVENT_DISCONNECTED:
+                self._connected.clear()
+                self._lost = True
+                self.fail_all("connection lost")
+
+
+@dataclass
+class Model:
+    """One served model: its tokenizer and the workers accepted for it."""
+
+    name: str
+    tokenizer: Tokenizer
+    kv_block_size: int
+    context_length: int
+    worker_ids: list[int] = field(default_factory=list)
+
+
+class WorkerPool:
+    """Discovered workers by model, kept in sync with discovery."""
+
+    def __init__(self, discovery: Discovery, tokenizer: Tokenizer | None = None,
+                 on_change: Callable[[], None] | None = None):
+        self.discovery = discovery
+        self.fixed_tokenizer = tokenizer      # --model-path given: every model must use it
+        self.on_change = on_change or (lambda: None)
+        self.ctx = zmq.asyncio.Context()
+        self.clients: dict[int, WorkerClient] = {}
+        self.models: dict[str, Model] = {}
+        self.refused: dict[int, str] = {}      # worker_id -> why it was refused
+        self._sub = self.ctx.socket(zmq.SUB)
+        self._sub.setsockopt(zmq.LINGER, 0)
+        self._sub.setsockopt(zmq.SUBSCRIBE, b"load")
+        self._tokenizers: dict[str, Tokenizer] = {}
+
+    # -- lifecycle (run by the app's cleanup context) ----------------------------------------
+
+    async def run(self) -> None:
+        events = asyncio.create_task(self._event_loop())
+        try:
+            while True:
+                await self.sync(await asyncio.to_thread(self.discovery.scan))
+                await asyncio.sleep(DISCOVERY_POLL_S)
+        finally:
+            events.cancel()
+            await asyncio.gather(events, return_exceptions=True)
+
+    async def close(self) -> None:
+        for worker_id in list(self.clients):
+            await self._remove(worker_id, "frontend shutting down")
+        self._sub.close(linger=0)
+        self.ctx.term()
+
+    async def sync(self, records: dict[int, WorkerRecord]) -> None:
+        """Apply one discovery scan: add new workers, drop vanished ones."""
+        for worker_id in [w for w in self.clients if w not in records]:
+            await self._remove(worker_id, "worker left discovery")
+        for worker_id in [w for w in self.refused if w not in records]:
+            del self.refused[worker_id]
+        for worker_id, record in records.items():
+            if worker_id not in self.clients and worker_id not in self.refused:
+                await self._add(record)
+
+    # -- membership ------------------------------------------------------------------------
+
+    async def _add(self, record: WorkerRecord) -> None:
+        model = self.models.get(record.model)
+        reason = None
+        if model is not None and record.kv_block_size != model.kv_block_size:
+            reason = (f"KV block size {record.kv_block_size} differs from model {record.model!r}'s "
+                      f"{model.kv_block_size}")
+        tokenizer = model.tokenizer if model else await self._tokenizer_for(record)
+        if reason is None and tokenizer is None:
+            reason = f"cannot load the tokenizer at {record.model_path!r}"
+        if reason is None and record.tokenizer_sha256 != tokenizer.sha256:
+            reason = (f"tokenizer {record.tokenizer_sha256[:12]} differs from model "
+                      f"{record.model!r}'s {tokenizer.sha256[:12]}")
+        if reason is not None:
+            self.refused[record.worker_id] = reason
+            log.error("refused worker %d: %s", record.worker_id, reason)
+            return
+        if model is None:
+            model = self.models[record.model] = Model(record.model, tokenizer, record.kv_block_size,
+                                                      record.context_length)
+        model.worker_ids.append(record.worker_id)
+        self.clients[record.worker_id] = WorkerClient(self.ctx, record)
+        self._sub.connect(record.event_endpoint)
+        log.info("added worker %d for model %r at %s", record.worker_id, record.model,
+                 record.request_endpoint)
+        self.on_change()
+
+    async def _remove(self, worker_id: int, reason: str) -> None:
+        client = self.clients.pop(worker_id)
+        model = self.models[client.record.model]
+        model.worker_ids.remove(worker_id)
+        if not model.worker_ids:
+            del self.models[model.name]
+        try:
+            self._sub.disconnect(client.record.event_endpoint)
+        except zmq.ZMQError:
+            pass                                   # never connected or already gone
+        await client.close(reason)
+        log.info("removed worker %d: %s", worker_id, reason)
+        self.on_change()
+
+    async def _tokenizer_for(self, record: WorkerRecord) -> Tokenizer | None:
+        if self.fixed_tokenizer is not None:
+            return self.fixed_tokenizer
+        cached = self._tokenizers.get(record.model_path)
+        if cached is None:
+            try:
+                cached = await asyncio.to_thread(Tokenizer.load, record.model_path)
+            except (OSError, ValueError) as exc:
+                log.error("cannot load tokenizer of worker %d: %s", record.worker_id, exc)
+                return None
+            self._tokenizers[record.model_path] = cached
+        return cached
+
+    # -- event plane -----------------------------------------------------------------------
+
+    async def _event_loop(self) -> None:
+        while True:
+            topic, payload = await self._sub.recv_multipart()
+            try:
+                report = LoadReport.from_wire(msgpack.unpackb(payload, raw=False))
+            except (ValueError, KeyError, TypeError, msgpack.UnpackException) as exc:
+                log.warning("dropped a malformed %s event: %s", topic.decode(errors="replace"), exc)
+                continue
+            client = self.clients.get(report.worker_id)
+            if client is not None:
+                client.load = report
