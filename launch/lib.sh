@@ -1,0 +1,78 @@
+# Shared helper for Rotor's launch scripts: source it, then call rotor_start / rotor_wait_for_model
+# / rotor_wait_any_exit. Every child runs in its own process group and is stopped (TERM, then KILL)
+# when the script exits, is interrupted, or when any child dies.
+#
+# Environment: PYTHON (default: python3, or .venv/bin/python at the repository root when present).
+
+set -euo pipefail
+
+ROTOR_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+if [[ -z "${PYTHON:-}" ]]; then
+  if [[ -x "$ROTOR_ROOT/.venv/bin/python" && -z "${VIRTUAL_ENV:-}" ]]; then
+    PYTHON="$ROTOR_ROOT/.venv/bin/python"
+  else
+    PYTHON=python3
+  fi
+fi
+export PYTHONPATH="$ROTOR_ROOT${PYTHONPATH:+:$PYTHONPATH}"
+ROTOR_PIDS=()
+
+rotor_log() { printf '[launch] %s\n' "$*" >&2; }
+
+# A private discovery namespace, so parallel stacks never see each other's workers.
+rotor_private_namespace() { printf 'launch-%s-%s' "$(basename "$0" .sh)" "$$"; }
+
+# rotor_start NAME CMD...: start CMD in the background in its own process group.
+rotor_start() {
+  local name="$1"; shift
+  setsid "$@" &
+  ROTOR_PIDS+=("$!")
+  rotor_log "started $name (pid $!): $*"
+}
+
+rotor_stop_all() {
+  trap - EXIT INT TERM
+  local pid
+  for pid in "${ROTOR_PIDS[@]}"; do kill -TERM -- "-$pid" 2>/dev/null || true; done
+  for _ in $(seq 50); do
+    local alive=0
+    for pid in "${ROTOR_PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+    (( alive )) || break
+    sleep 0.1
+  done
+  for pid in "${ROTOR_PIDS[@]}"; do kill -KILL -- "-$pid" 2>/dev/null || true; done
+  rotor_log "stopped"
+}
+
+rotor_install_traps() {
+  trap 'rotor_stop_all' EXIT
+  trap 'rotor_log "interrupted"; exit 130' INT TERM
+}
+
+# rotor_wait_for_model URL [TIMEOUT_S]: wait until URL/v1/models lists a model; fail early if a
+# child died meanwhile.
+rotor_wait_for_model() {
+  local url="$1" timeout="${2:-60}" start=$SECONDS pid
+  while (( SECONDS - start < timeout )); do
+    for pid in "${ROTOR_PIDS[@]}"; do
+      kill -0 "$pid" 2>/dev/null || { rotor_log "pid $pid exited during start-up"; return 1; }
+    done
+    if "$PYTHON" - "$url" <<'PY' 2>/dev/null; then return 0; fi
+import json, sys, urllib.request
+with urllib.request.urlopen(sys.argv[1] + "/v1/models", timeout=1) as r:
+    models = json.load(r)["data"]
+print(", ".join(m["id"] for m in models)) if models else sys.exit(1)
+PY
+    sleep 0.3
+  done
+  rotor_log "no model served at $url after ${timeout}s"
+  return 1
+}
+
+# rotor_wait_any_exit: block until the first child exits; the EXIT trap stops the rest.
+rotor_wait_any_exit() {
+  local status=0
+  wait -n "${ROTOR_PIDS[@]}" || status=$?
+  rotor_log "a child exited (status $status); stopping the stack"
+  return "$status"
+}
