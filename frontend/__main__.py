@@ -11,6 +11,7 @@ from aiohttp import web
 from frontend.app import create_app
 from frontend.config import FrontendConfig
 from frontend.tokenizer import Tokenizer
+from router.config import RouterConfig
 
 log = logging.getLogger("rotor.frontend")
 
@@ -21,9 +22,11 @@ def main(argv: list[str] | None = None) -> int:
         description="Rotor's HTTP frontend: the OpenAI API (chat and text completions, models, "
                     "health) in front of the workers discovered in one namespace.")
     FrontendConfig.add_arguments(parser)
+    RouterConfig.add_arguments(parser)
     args = parser.parse_args(argv)
     try:
         config = FrontendConfig.from_args(args)
+        router_config = RouterConfig.from_args(args)
     except ValueError as exc:
         parser.error(str(exc))
     logging.basicConfig(level=config.log_level.upper(),
@@ -33,9 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as exc:
         log.error("cannot load --model-path: %s", exc)
         return 2
-    app = create_app(config, tokenizer=tokenizer)
-    log.info("serving the OpenAI API on http://%s:%d (namespace %r)", config.http_host,
-             config.http_port, config.namespace)
+    app = create_app(config, router_config, tokenizer=tokenizer)
+    log.info("serving the OpenAI API on http://%s:%d (namespace %r, router mode %s)",
+             config.http_host, config.http_port, config.namespace, router_config.router_mode)
     web.run_app(app, host=config.http_host, port=config.http_port, handler_cancellation=True,
                 print=None, access_log=None)
     return 0

@@ -11,22 +11,28 @@ handler (`handler_cancellation=True`), which cancels the request on its worker.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
+import time
 import uuid
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from frontend import protocol
 from frontend.config import FrontendConfig
+from frontend.metrics import FrontendMetrics
+from frontend.pipeline import RequestRun, TextStream
 from frontend.protocol import OpenAIError, Sampling
 from frontend.tokenizer import TemplateError, Tokenizer
-from frontend.workers import Model, RequestStream, WorkerFailed, WorkerPool
+from frontend.workers import Model, WorkerPool
+from router.config import RouterConfig
 from router.discovery import Discovery, FileDiscovery
-from worker.engine import EngineRequest, RequestOutput
+from router.hashing import Prompt
+from worker.engine import EngineRequest
 
 log = logging.getLogger("rotor.frontend")
 
@@ -35,19 +41,23 @@ log = logging.getLogger("rotor.frontend")
 class FrontendState:
     config: FrontendConfig
     pool: WorkerPool
-    round_robin: itertools.count = field(default_factory=itertools.count)
+    metrics: FrontendMetrics
     shutting_down: bool = False
 
 
 STATE = web.AppKey("state", FrontendState)
 
 
-def create_app(config: FrontendConfig, discovery: Discovery | None = None,
+def create_app(config: FrontendConfig, router_config: RouterConfig,
+               discovery: Discovery | None = None,
                tokenizer: Tokenizer | None = None) -> web.Application:
     app = web.Application(client_max_size=int(config.max_body_mb * 2**20),
                           middlewares=[error_middleware])
-    pool = WorkerPool(discovery or FileDiscovery(config.namespace), tokenizer)
-    app[STATE] = FrontendState(config, pool)
+    metrics = FrontendMetrics()
+    pool = WorkerPool(discovery or FileDiscovery(config.namespace), router_config, metrics,
+                      tokenizer)
+    metrics.add_collector(lambda: _fleet_metrics(pool))
+    app[STATE] = FrontendState(config, pool, metrics)
     app.cleanup_ctx.append(_run_pool)
     app.on_shutdown.append(_mark_shutting_down)
     app.router.add_post("/v1/chat/completions", chat_completions)
@@ -55,6 +65,7 @@ def create_app(config: FrontendConfig, discovery: Discovery | None = None,
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/health", health)
     app.router.add_get("/live", live)
+    app.router.add_get("/metrics", metrics_endpoint)
     return app
 
 
@@ -115,7 +126,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         raise protocol.invalid("messages", f"cannot render the chat template: {exc}") from None
     token_ids = await _encode(state, model.tokenizer, text)
     return await _generate(request, state, model, token_ids, chat.sampling, chat=True,
-                           extra=protocol.extra_fields(chat.body))
+                           nvext=protocol.parse_nvext(chat.body))
 
 
 async def completions(request: web.Request) -> web.StreamResponse:
@@ -131,7 +142,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
             raise protocol.invalid("prompt", f"token ids must be below the vocabulary size "
                                              f"{model.tokenizer.vocab_size}")
     return await _generate(request, state, model, token_ids, completion.sampling, chat=False,
-                           extra=protocol.extra_fields(completion.body))
+                           nvext=protocol.parse_nvext(completion.body))
 
 
 async def list_models(request: web.Request) -> web.Response:
@@ -151,6 +162,48 @@ async def health(request: web.Request) -> web.Response:
     status = "healthy" if workers else "no_workers"
     return web.json_response({"status": status, "models": sorted(pool.models), "workers": workers,
                               "refused_workers": refused}, status=200 if workers else 503)
+
+
+async def metrics_endpoint(request: web.Request) -> web.Response:
+    body = request.app[STATE].metrics.render()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def _fleet_metrics(pool: WorkerPool) -> Iterable[Metric]:
+    """Per-worker load and router state, read when scraped."""
+    blocks = GaugeMetricFamily("rotor_frontend_worker_active_decode_blocks",
+                               "KV blocks the router books on a worker", labels=WORKER_LABELS)
+    prefill = GaugeMetricFamily("rotor_frontend_worker_active_prefill_tokens",
+                                "Prompt tokens booked on a worker and not yet prefilled",
+                                labels=WORKER_LABELS)
+    used = GaugeMetricFamily("rotor_frontend_worker_kv_used_blocks",
+                             "KV blocks in use, as the worker reports", labels=WORKER_LABELS)
+    queue = GaugeMetricFamily("rotor_frontend_router_queue_pending_requests",
+                              "Requests waiting in the router's admission queue", labels=["model"])
+    sheds = CounterMetricFamily("rotor_router_shed", "Requests shed by the router",
+                                labels=["model", "reason"])
+    events = CounterMetricFamily("rotor_component_kv_cache_events_applied",
+                                 "Router KV events by outcome", labels=["model", "event_type",
+                                                                        "status"])
+    for name, model in pool.models.items():
+        core = model.router.core
+        queue.add_metric([name], core.queue_depth)
+        for view in core.worker_loads():
+            labels = [name, str(view.worker_id), str(view.dp_rank)]
+            blocks.add_metric(labels, view.active_blocks)
+            prefill.add_metric(labels, view.prefill_tokens)
+        for reason, count in core.metrics.sheds.items():
+            sheds.add_metric([name, reason], count)
+        for (kind, status), count in core.metrics.events.items():
+            events.add_metric([name, kind, status], count)
+    for client in pool.clients.values():
+        if client.load is not None:
+            used.add_metric([client.record.model, str(client.worker_id), "0"],
+                            client.load.kv_used_blocks)
+    return [blocks, prefill, used, queue, sheds, events]
+
+
+WORKER_LABELS = ["model", "worker_id", "dp_rank"]
 
 
 async def live(request: web.Request) -> web.Response:
@@ -181,7 +234,8 @@ async def _encode(state: FrontendState, tokenizer: Tokenizer, text: str,
 
 async def _generate(request: web.Request, state: FrontendState, model: Model,
                     token_ids: list[int], sampling: Sampling, chat: bool,
-                    extra: frozenset[str]) -> web.StreamResponse:
+                    nvext: protocol.NvExt) -> web.StreamResponse:
+    received = time.monotonic()
     room = model.context_length - len(token_ids)
     if room < 1:
         raise protocol.invalid("messages" if chat else "prompt",
@@ -193,126 +247,135 @@ async def _generate(request: web.Request, state: FrontendState, model: Model,
                                              f"tokens exceed the context length "
                                              f"{model.context_length}")
     request_id = str(uuid.uuid4())
+    x_request_id = request.headers.get("x-request-id")
     engine_request = EngineRequest(
         request_id=request_id, token_ids=token_ids, max_tokens=max_tokens, received_at=0.0,
         ignore_eos=sampling.ignore_eos, temperature=sampling.temperature, top_p=sampling.top_p,
-        seed=sampling.seed, stop_token_ids=[] if sampling.ignore_eos else [model.tokenizer.eos_token_id],
-        x_request_id=request.headers.get("x-request-id"))
+        seed=sampling.seed, x_request_id=x_request_id,
+        stop_token_ids=[] if sampling.ignore_eos else sorted(model.tokenizer.stop_token_ids))
+    run = RequestRun(model, engine_request, Prompt(token_ids, model.kv_block_size), nvext,
+                     state.config.migration_limit, state.metrics, received)
     shape = protocol.ResponseShape(chat, ("chatcmpl-" if chat else "cmpl-") + request_id, model.name)
-    headers = {"x-request-id": engine_request.x_request_id} if engine_request.x_request_id else {}
-    stream = await _dispatch(state, model, engine_request)
-    if "worker_id" in extra:
-        shape.nvext = protocol.worker_extension(stream.client.worker_id)
-    run = _Generation(stream, model.tokenizer, sampling, len(token_ids))
+    headers = {"x-request-id": x_request_id} if x_request_id else {}
+    endpoint = "chat_completions" if chat else "completions"
+    observer = _Observer(state.metrics, model.name, endpoint, sampling.stream, run)
     try:
+        await run.start()
+        if "worker_id" in nvext.extra_fields:
+            shape.nvext = protocol.worker_extension(run.worker_id)
+        text = TextStream(run, sampling)
         if sampling.stream:
-            return await _stream_response(request, run, shape, sampling, headers)
-        return await _unary_response(run, shape, headers)
+            response = await _stream_response(request, text, shape, sampling, headers, observer)
+        else:
+            response = await _unary_response(text, shape, headers, observer)
+        observer.finish("success" if not observer.error_type else "error")
+        return response
+    except asyncio.CancelledError:
+        observer.finish("error", "cancelled")
+        raise
+    except OpenAIError as exc:
+        observer.finish("error", str(exc.status))
+        raise
     finally:
-        stream.cancel()          # no-op when the request finished; frees its KV otherwise
+        run.close()
 
 
-async def _dispatch(state: FrontendState, model: Model, request: EngineRequest) -> RequestStream:
-    clients = [c for c in map(state.pool.clients.get, model.worker_ids) if c.available]
-    if not clients:
-        raise OpenAIError(503, f"no worker serves model {model.name!r} right now",
-                          headers={"Retry-After": "1"})
-    client = clients[next(state.round_robin) % len(clients)]
-    try:
-        return await client.submit(request)
-    except WorkerFailed as exc:
-        raise OpenAIError(503, f"worker unavailable: {exc}", headers={"Retry-After": "1"}) from None
+class _Observer:
+    """Metrics of one request, observed as its outputs arrive."""
+
+    def __init__(self, metrics: FrontendMetrics, model: str, endpoint: str, stream: bool,
+                 run: RequestRun):
+        self.metrics, self.model, self.endpoint, self.run = metrics, model, endpoint, run
+        self.request_type = "stream" if stream else "unary"
+        self.error_type = ""
+        self.last = 0.0
+        self.done = False
+        metrics.inflight.labels(model).inc()
+        metrics.queued.labels(model).inc()
+
+    def tokens(self, count: int) -> None:
+        now = time.monotonic()
+        if not count:
+            return
+        if not self.last:
+            self.metrics.queued.labels(self.model).dec()
+            self.metrics.ttft.labels(self.model).observe(now - self.run.clock.received)
+            count -= 1
+        elif count:
+            gap = (now - self.last) / count
+            for _ in range(count):
+                self.metrics.itl.labels(self.model).observe(gap)
+        self.last = now
+
+    def finish(self, status: str, error_type: str = "") -> None:
+        if self.done:
+            return
+        self.done = True
+        m, model = self.metrics, self.model
+        if not self.last:
+            m.queued.labels(model).dec()
+        m.inflight.labels(model).dec()
+        if error_type == "cancelled":
+            m.cancellations.labels(model).inc()
+            m.disconnected.inc()
+        m.requests.labels(model, self.endpoint, self.request_type, status,
+                          error_type or self.error_type).inc()
+        m.duration.labels(model).observe(time.monotonic() - self.run.clock.received)
+        m.input_tokens.labels(model).observe(len(self.run.request.token_ids))
+        m.output_tokens.labels(model).observe(len(self.run.generated))
+        m.output_tokens_total.labels(model).inc(len(self.run.generated))
+        if self.run.timings is not None:
+            m.cached_tokens.labels(model).observe(self.run.timings.cached_tokens)
 
 
-class _Generation:
-    """One request's outputs turned into text: incremental detokenization and stop strings."""
-
-    def __init__(self, stream: RequestStream, tokenizer: Tokenizer, sampling: Sampling,
-                 prompt_tokens: int):
-        self.stream = stream
-        self.detokenizer = tokenizer.detokenizer()
-        self.stops = sampling.stop
-        self.hold = max((len(s) for s in self.stops), default=1) - 1  # chars a stop may straddle
-        self.pending = ""                 # text held back until no stop string can start in it
-        self.prompt_tokens = prompt_tokens
-        self.completion_tokens = 0
-        self.cached_tokens = 0
-        self.finish_reason: str | None = None
-
-    async def next(self) -> tuple[str, list[dict[str, Any]] | None]:
-        """The next piece of text (and tool-call deltas); sets finish_reason at the end."""
-        outputs = await self.stream.next_outputs()
-        ids = [t for o in outputs for t in o.token_ids]
-        deltas = [d for o in outputs if o.tool_call_deltas for d in o.tool_call_deltas] or None
-        self.completion_tokens += len(ids)
-        final: RequestOutput = outputs[-1]
-        text = self.pending + self.detokenizer.push(ids)
-        if final.finish_reason is not None:
-            text += self.detokenizer.flush()
-            self.finish_reason = final.finish_reason
-            if final.timings is not None:
-                self.cached_tokens = final.timings.cached_tokens
-        for stop in self.stops:
-            at = text.find(stop)
-            if at >= 0:
-                self.stream.cancel()
-                self.finish_reason = "stop"
-                self.pending = ""
-                return text[:at], deltas
-        if self.finish_reason is None and self.hold:
-            cut = max(len(text) - self.hold, 0)
-            text, self.pending = text[:cut], text[cut:]
-        return text, deltas
-
-    def usage(self) -> dict[str, Any]:
-        return protocol.usage(self.prompt_tokens, self.completion_tokens, self.cached_tokens)
+def _usage(run: RequestRun) -> dict[str, Any]:
+    cached = run.timings.cached_tokens if run.timings else 0
+    return protocol.usage(len(run.request.token_ids), len(run.generated), cached)
 
 
-def _failure(exc: WorkerFailed) -> OpenAIError:
-    return OpenAIError(503, f"the request failed on its worker: {exc}", headers={"Retry-After": "1"})
-
-
-async def _stream_response(request: web.Request, run: _Generation, shape: protocol.ResponseShape,
-                           sampling: Sampling, headers: dict[str, str]) -> web.StreamResponse:
-    try:
-        text, deltas = await run.next()      # fail with a real status until the first token
-    except WorkerFailed as exc:
-        raise _failure(exc) from None
+async def _stream_response(request: web.Request, text: TextStream, shape: protocol.ResponseShape,
+                           sampling: Sampling, headers: dict[str, str],
+                           observer: _Observer) -> web.StreamResponse:
+    before = len(text.run.generated)
+    piece, deltas = await text.next()      # fails with a real HTTP status until the first token
+    observer.tokens(len(text.run.generated) - before)
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                            "Cache-Control": "no-cache", **headers})
     await response.prepare(request)
     first = True
     try:
         while True:
-            if text or deltas or first or run.finish_reason is not None:
-                await response.write(protocol.sse(shape.chunk(text, None, first, deltas)))
+            if piece or deltas or first:
+                await response.write(protocol.sse(shape.chunk(piece, None, first, deltas)))
                 first = False
-            if run.finish_reason is not None:
+            if text.finish_reason is not None:
                 break
-            text, deltas = await run.next()
-    except WorkerFailed as exc:
-        await response.write(protocol.sse_error(_failure(exc)))
+            before = len(text.run.generated)
+            piece, deltas = await text.next()
+            observer.tokens(len(text.run.generated) - before)
+    except OpenAIError as exc:
+        observer.error_type = str(exc.status)
+        await response.write(protocol.sse_error(exc))
         return response
-    await response.write(protocol.sse(shape.final_chunk(_openai_finish(run.finish_reason))))
+    await response.write(protocol.sse(shape.final_chunk(_openai_finish(text.finish_reason))))
     if sampling.include_usage:
-        await response.write(protocol.sse(shape.usage_chunk(run.usage())))
+        await response.write(protocol.sse(shape.usage_chunk(_usage(text.run))))
     await response.write(protocol.SSE_DONE)
     return response
 
 
-async def _unary_response(run: _Generation, shape: protocol.ResponseShape,
-                          headers: dict[str, str]) -> web.Response:
+async def _unary_response(text: TextStream, shape: protocol.ResponseShape,
+                          headers: dict[str, str], observer: _Observer) -> web.Response:
     parts: list[str] = []
     tool_calls: dict[int, dict[str, Any]] = {}
-    try:
-        while run.finish_reason is None:
-            text, deltas = await run.next()
-            parts.append(text)
-            for delta in deltas or ():
-                _merge_tool_call(tool_calls, delta)
-    except WorkerFailed as exc:
-        raise _failure(exc) from None
-    body = shape.full("".join(parts), _openai_finish(run.finish_reason), run.usage(),
+    while text.finish_reason is None:
+        before = len(text.run.generated)
+        piece, deltas = await text.next()
+        observer.tokens(len(text.run.generated) - before)
+        parts.append(piece)
+        for delta in deltas or ():
+            _merge_tool_call(tool_calls, delta)
+    body = shape.full("".join(parts), _openai_finish(text.finish_reason), _usage(text.run),
                       [tool_calls[i] for i in sorted(tool_calls)] or None)
     return web.json_response(body, headers=headers)
 
@@ -329,4 +392,3 @@ def _merge_tool_call(calls: dict[int, dict[str, Any]], delta: dict[str, Any]) ->
 def _openai_finish(reason: str | None) -> str:
     """Engine finish reasons as OpenAI clients accept them (stop, length, tool_calls)."""
     return reason if reason in ("stop", "length", "tool_calls") else "stop"
-

@@ -13,6 +13,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from router.sessions import SessionControl
+
 # HTTP status -> OpenAI error type
 _ERROR_TYPES = {400: "invalid_request_error", 404: "not_found_error", 405: "invalid_request_error",
                 413: "invalid_request_error", 499: "client_closed_request",
@@ -114,17 +116,71 @@ def parse_completion(body: dict[str, Any]) -> CompletionRequest:
                              body)
 
 
-def extra_fields(body: dict[str, Any]) -> frozenset[str]:
-    """`nvext.extra_fields`: response extensions the client asked for (e.g. "worker_id")."""
-    nvext = body.get("nvext")
-    if nvext is None:
-        return frozenset()
-    if not isinstance(nvext, dict):
+@dataclass(slots=True)
+class NvExt:
+    """Dynamo's request extension `nvext` (DESIGN.md §3), validated."""
+
+    agent_context: dict[str, Any] | None = None   # passive identity, validated by tracing
+    priority: int = 0                              # agent_hints.priority: higher is more urgent
+    strict_priority: int = 0                       # agent_hints.strict_priority: queue tier
+    osl: int = 0                                   # agent_hints.osl: expected output tokens
+    speculative_prefill: bool = False
+    session: SessionControl | None = None
+    backend_instance_id: int | None = None         # pin to this worker
+    extra_fields: frozenset[str] = frozenset()     # response extensions asked for
+
+
+def parse_nvext(body: dict[str, Any]) -> NvExt:
+    raw = body.get("nvext")
+    if raw is None:
+        return NvExt()
+    if not isinstance(raw, dict):
         raise invalid("nvext", "'nvext' must be an object")
-    fields = nvext.get("extra_fields") or []
+    hints = _section(raw, "agent_hints")
+    priority = _field(hints, "agent_hints", "priority", int, 0)
+    strict = _field(hints, "agent_hints", "strict_priority", int, 0)
+    osl = _field(hints, "agent_hints", "osl", int, 0)
+    for name, value in (("strict_priority", strict), ("osl", osl)):
+        if value < 0:
+            raise invalid(f"nvext.agent_hints.{name}", f"'nvext.agent_hints.{name}' must be >= 0")
+    session = None
+    control = _section(raw, "session_control")
+    if control:
+        try:
+            session = SessionControl(
+                session_id=_field(control, "session_control", "session_id", str, ""),
+                action=_field(control, "session_control", "action", str, None),
+                timeout_s=float(_field(control, "session_control", "timeout", float, 300.0)))
+        except ValueError as exc:
+            raise invalid("nvext.session_control", str(exc)) from None
+    pin = _field(raw, None, "backend_instance_id", int, None)
+    fields = raw.get("extra_fields") or []
     if not (isinstance(fields, list) and all(isinstance(f, str) for f in fields)):
         raise invalid("nvext.extra_fields", "'nvext.extra_fields' must be an array of strings")
-    return frozenset(fields)
+    context = raw.get("agent_context")
+    if context is not None and not isinstance(context, dict):
+        raise invalid("nvext.agent_context", "'nvext.agent_context' must be an object")
+    return NvExt(context, priority, strict, osl,
+                 bool(_field(hints, "agent_hints", "speculative_prefill", bool, False)), session,
+                 pin, frozenset(fields))
+
+
+def _section(raw: dict[str, Any], name: str) -> dict[str, Any]:
+    section = raw.get(name)
+    if section is None:
+        return {}
+    if not isinstance(section, dict):
+        raise invalid(f"nvext.{name}", f"'nvext.{name}' must be an object")
+    return section
+
+
+def _field(section: dict[str, Any], where: str | None, name: str, kind: type, default: Any) -> Any:
+    param = f"nvext.{where}.{name}" if where else f"nvext.{name}"
+    try:
+        value = _optional(section, name, kind)
+    except OpenAIError as exc:
+        raise invalid(param, exc.message.replace(f"'{name}'", f"'{param}'")) from None
+    return default if value is None else value
 
 
 def worker_extension(worker_id: int) -> dict[str, Any]:

@@ -5,7 +5,8 @@ event-plane subscription (DESIGN.md §2).
     WorkerClient (DEALER, one per worker) ── generate/cancel ──► worker ROUTER
         reader task:  frames ──► RequestStream queues (one per in-flight request)
         monitor task: disconnect / heartbeat timeout ──► every in-flight request fails, migratable
-    SUB (one, connected to every worker's PUB) ──► load reports (and KV events, router issue)
+    SUB (one, connected to every worker's PUB) ──► load reports and router KV events
+    each model's ModelRouter ◄── a worker joins it when its connection is up, leaves when it drops
 
 A worker whose KV block size or tokenizer differs from its model's other workers is refused, and
 the reason is kept for /health.
@@ -23,9 +24,13 @@ import zmq
 import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
+from frontend.metrics import FrontendMetrics
+from frontend.routing import TICK_S, ModelRouter
 from frontend.tokenizer import Tokenizer
+from router.config import RouterConfig
 from router.discovery import Discovery, WorkerRecord
 from router.events import LoadReport
+from router.kv_sync import KvQuery
 from worker import protocol
 from worker.engine import EngineRequest, RequestOutput
 
@@ -80,10 +85,17 @@ class RequestStream:
 
 
 class WorkerClient:
-    """One DEALER to one worker, multiplexing that worker's in-flight requests."""
+    """One DEALER to one worker, multiplexing that worker's in-flight requests.
 
-    def __init__(self, ctx: zmq.asyncio.Context, record: WorkerRecord):
+    `on_state(client, connected)` is called when the connection comes up or drops, and
+    `on_kv_reply(client, message)` with each answer to a kv_query."""
+
+    def __init__(self, ctx: zmq.asyncio.Context, record: WorkerRecord,
+                 on_state: Callable[["WorkerClient", bool], None],
+                 on_kv_reply: Callable[["WorkerClient", dict], None]):
         self.record = record
+        self._on_state = on_state
+        self._on_kv_reply = on_kv_reply
         self.worker_id = record.worker_id
         self.load: LoadReport | None = None
         self._sock = ctx.socket(zmq.DEALER)
@@ -97,7 +109,6 @@ class WorkerClient:
             zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
         self._sock.connect(record.request_endpoint)
         self._connected = asyncio.Event()
-        self._lost = False                       # the connection dropped and has not come back
         self._streams: dict[str, RequestStream] = {}
         self._tasks = [asyncio.create_task(self._read_loop()),
                        asyncio.create_task(self._monitor_loop())]
@@ -106,11 +117,6 @@ class WorkerClient:
     @property
     def connected(self) -> bool:
         return self._connected.is_set()
-
-    @property
-    def available(self) -> bool:
-        """Worth sending to: not closed, and either connected or not yet tried."""
-        return not self.closed and not self._lost
 
     @property
     def num_in_flight(self) -> int:
@@ -135,13 +141,20 @@ class WorkerClient:
             raise
         return stream
 
+    def send_kv_query(self, query: KvQuery) -> None:
+        self._send_now(protocol.kv_query_message(self.worker_id, query))
+
     def cancel(self, request_id: str) -> None:
-        if self._streams.pop(request_id, None) is not None and not self.closed:
-            try:
-                self._sock.send(protocol.cancel_message(self.worker_id, request_id),
-                                flags=zmq.NOBLOCK)
-            except zmq.ZMQError as exc:  # disconnected: the worker cancels on its own
-                log.debug("cancel of %s not sent: %s", request_id, exc)
+        if self._streams.pop(request_id, None) is not None:
+            self._send_now(protocol.cancel_message(self.worker_id, request_id))
+
+    def _send_now(self, frame: bytes) -> None:
+        if self.closed:
+            return
+        try:
+            self._sock.send(frame, flags=zmq.NOBLOCK)
+        except zmq.ZMQError as exc:  # disconnected: the worker cleans up on its own
+            log.debug("worker %d: message not sent: %s", self.worker_id, exc)
 
     def fail_all(self, reason: str) -> None:
         streams, self._streams = self._streams, {}
@@ -166,6 +179,9 @@ class WorkerClient:
             frame = await self._sock.recv()
             try:
                 message = protocol.unpack(frame)
+                if message["type"] == "kv_reply":
+                    self._on_kv_reply(self, message["reply"])
+                    continue
                 if message["type"] != "outputs":
                     continue
                 outputs = protocol.outputs_from_message(message)
@@ -195,34 +211,36 @@ class WorkerClient:
     async def _monitor_loop(self) -> None:
         while True:
             event = parse_monitor_message(await self._monitor.recv_multipart())["event"]
-            if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            if event == zmq.EVENT_HANDSHAKE_SUCCEEDED and not self._connected.is_set():
                 self._connected.set()
-                self._lost = False
-            elif event == zmq.EVENT_DISCONNECTED:
+                self._on_state(self, True)
+            elif event == zmq.EVENT_DISCONNECTED and self._connected.is_set():
                 self._connected.clear()
-                self._lost = True
                 self.fail_all("connection lost")
+                self._on_state(self, False)
 
 
 @dataclass
 class Model:
-    """One served model: its tokenizer and the workers accepted for it."""
+    """One served model: its tokenizer, its router and the workers accepted for it."""
 
     name: str
     tokenizer: Tokenizer
     kv_block_size: int
     context_length: int
+    router: ModelRouter
     worker_ids: list[int] = field(default_factory=list)
 
 
 class WorkerPool:
     """Discovered workers by model, kept in sync with discovery."""
 
-    def __init__(self, discovery: Discovery, tokenizer: Tokenizer | None = None,
-                 on_change: Callable[[], None] | None = None):
+    def __init__(self, discovery: Discovery, router_config: RouterConfig,
+                 metrics: FrontendMetrics, tokenizer: Tokenizer | None = None):
         self.discovery = discovery
+        self.router_config = router_config
+        self.metrics = metrics
         self.fixed_tokenizer = tokenizer      # --model-path given: every model must use it
-        self.on_change = on_change or (lambda: None)
         self.ctx = zmq.asyncio.Context()
         self.clients: dict[int, WorkerClient] = {}
         self.models: dict[str, Model] = {}
@@ -230,19 +248,21 @@ class WorkerPool:
         self._sub = self.ctx.socket(zmq.SUB)
         self._sub.setsockopt(zmq.LINGER, 0)
         self._sub.setsockopt(zmq.SUBSCRIBE, b"load")
+        self._sub.setsockopt(zmq.SUBSCRIBE, b"kv")
         self._tokenizers: dict[str, Tokenizer] = {}
 
     # -- lifecycle (run by the app's cleanup context) ----------------------------------------
 
     async def run(self) -> None:
-        events = asyncio.create_task(self._event_loop())
+        helpers = [asyncio.create_task(self._event_loop()), asyncio.create_task(self._tick_loop())]
         try:
             while True:
                 await self.sync(await asyncio.to_thread(self.discovery.scan))
                 await asyncio.sleep(DISCOVERY_POLL_S)
         finally:
-            events.cancel()
-            await asyncio.gather(events, return_exceptions=True)
+            for task in helpers:
+                task.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
 
     async def close(self) -> None:
         for worker_id in list(self.clients):
@@ -279,19 +299,21 @@ class WorkerPool:
             log.error("refused worker %d: %s", record.worker_id, reason)
             return
         if model is None:
+            router = ModelRouter(record.model, self.router_config, self.metrics)
             model = self.models[record.model] = Model(record.model, tokenizer, record.kv_block_size,
-                                                      record.context_length)
+                                                      record.context_length, router)
         model.worker_ids.append(record.worker_id)
-        self.clients[record.worker_id] = WorkerClient(self.ctx, record)
-        self._sub.connect(record.event_endpoint)
+        self._sub.connect(record.event_endpoint)       # before the router asks for a dump
+        self.clients[record.worker_id] = WorkerClient(self.ctx, record, self._on_state,
+                                                      self._on_kv_reply)
         log.info("added worker %d for model %r at %s", record.worker_id, record.model,
                  record.request_endpoint)
-        self.on_change()
 
     async def _remove(self, worker_id: int, reason: str) -> None:
         client = self.clients.pop(worker_id)
         model = self.models[client.record.model]
         model.worker_ids.remove(worker_id)
+        model.router.remove_worker(worker_id)
         if not model.worker_ids:
             del self.models[model.name]
         try:
@@ -300,7 +322,25 @@ class WorkerPool:
             pass                                   # never connected or already gone
         await client.close(reason)
         log.info("removed worker %d: %s", worker_id, reason)
-        self.on_change()
+
+    def _on_state(self, client: WorkerClient, connected: bool) -> None:
+        """Route to a worker only while its connection is up."""
+        model = self.models.get(client.record.model)
+        if model is None or client.worker_id not in self.clients:
+            return
+        if connected:
+            model.router.add_worker(client)
+        else:
+            model.router.remove_worker(client.worker_id)
+
+    def _on_kv_reply(self, client: WorkerClient, message: dict) -> None:
+        model = self.models.get(client.record.model)
+        if model is not None:
+            model.router.on_kv_reply(message)
+
+    def model_of(self, worker_id: int) -> Model | None:
+        client = self.clients.get(worker_id)
+        return self.models.get(client.record.model) if client else None
 
     async def _tokenizer_for(self, record: WorkerRecord) -> Tokenizer | None:
         if self.fixed_tokenizer is not None:
@@ -319,12 +359,25 @@ class WorkerPool:
 
     async def _event_loop(self) -> None:
         while True:
-            topic, payload = await self._sub.recv_multipart()
+            frames = await self._sub.recv_multipart()
             try:
-                report = LoadReport.from_wire(msgpack.unpackb(payload, raw=False))
+                topic, payload = frames
+                message = msgpack.unpackb(payload, raw=False, strict_map_key=False)
+                if topic == b"load":
+                    report = LoadReport.from_wire(message)
+                    if (client := self.clients.get(report.worker_id)) is not None:
+                        client.load = report
+                    if (model := self.model_of(report.worker_id)) is not None:
+                        model.router.on_load(report)
+                elif topic == b"kv":
+                    worker_id = message["worker_id"]
+                    if (model := self.model_of(worker_id)) is not None:
+                        model.router.on_kv_events(message["events"])
             except (ValueError, KeyError, TypeError, msgpack.UnpackException) as exc:
-                log.warning("dropped a malformed %s event: %s", topic.decode(errors="replace"), exc)
-                continue
-            client = self.clients.get(report.worker_id)
-            if client is not None:
-                client.load = report
+                log.warning("dropped a malformed event-plane message: %s", exc)
+
+    async def _tick_loop(self) -> None:
+        while True:
+            await asyncio.sleep(TICK_S)
+            for model in list(self.models.values()):
+                model.router.tick()

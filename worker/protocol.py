@@ -6,12 +6,13 @@ and rejects messages meant for its predecessor):
     {"type": "generate", "worker_id", "request": {EngineRequest fields}}
     {"type": "cancel",   "worker_id", "request_id"}
     {"type": "ping",     "worker_id"}
-    {"type": "kv_query", "worker_id", ...}            (KV event recovery, router issue)
+    {"type": "kv_query", "worker_id", "query": {worker_id, start_event_id}}  (None: a full dump)
 
 worker -> frontend, one frame per engine pass with every request of that frontend that advanced:
     {"type": "outputs", "worker_id", "outputs": [[request_id, first_index, token_ids,
                                                    finish_reason, tool_call_deltas, timings, error]]}
     {"type": "pong",    "worker_id"}
+    {"type": "kv_reply", "worker_id", "reply": {kind: range|dump, ...}}  (router/kv_sync.py)
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 
 import msgpack
 
+from router.kv_sync import KvQuery, KvReply
 from worker.engine import EngineRequest, RequestOutput, Timings
 
 # Errors a worker reports in RequestOutput.error. A frontend may migrate requests failed with a
@@ -78,6 +80,14 @@ def request_from_message(message: dict[str, Any], received_at: float) -> EngineR
 
 def cancel_message(worker_id: int, request_id: str) -> bytes:
     return pack({"type": "cancel", "worker_id": worker_id, "request_id": request_id})
+
+
+def kv_query_message(worker_id: int, query: KvQuery) -> bytes:
+    return pack({"type": "kv_query", "worker_id": worker_id, "query": query.to_wire()})
+
+
+def kv_reply_message(worker_id: int, reply: KvReply) -> bytes:
+    return pack({"type": "kv_reply", "worker_id": worker_id, "reply": reply.to_wire()})
 
 
 def ping_message(worker_id: int) -> bytes:

@@ -25,9 +25,11 @@ import zmq
 import zmq.asyncio
 
 from router.discovery import HEARTBEAT_INTERVAL_S, Discovery, WorkerRecord
-from router.events import LoadReport
+from router.events import EngineEventBatch, LoadReport
+from router.kv_sync import KvQuery
 from worker import protocol
 from worker.engine import Engine, EngineStep, RequestOutput
+from worker.kv_relay import KvRelay
 
 log = logging.getLogger("rotor.worker")
 
@@ -65,7 +67,9 @@ class WorkerServer:
         self._router_send = zmq.Socket.shadow(self._router.underlying)
         self._pub = self._ctx.socket(zmq.PUB)
         self._pub.setsockopt(zmq.LINGER, 0)
+        self._pub_send = zmq.Socket.shadow(self._pub.underlying)   # PUB never blocks: drops
         self._owners: dict[str, bytes] = {}      # request_id -> frontend DEALER identity
+        self._relay: KvRelay | None = None        # made once the engine's block size is known
         self.record: WorkerRecord | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -76,6 +80,7 @@ class WorkerServer:
         self._pub.bind(f"tcp://{host}:0")
         await self.engine.start()
         info = self.engine.info
+        self._relay = KvRelay(self.worker_id, info.kv_block_size)
         self.record = WorkerRecord(
             worker_id=self.worker_id, model=self.identity.model,
             model_path=self.identity.model_path, tokenizer_sha256=self.identity.tokenizer_sha256,
@@ -161,6 +166,11 @@ class WorkerServer:
                 self.engine.abort(request_id)
         elif kind == "ping":
             self._try_send(owner, protocol.pong_message(self.worker_id))
+        elif kind == "kv_query":
+            query = KvQuery.from_wire(message["query"])
+            assert self._relay is not None
+            reply = self._relay.query(query.start_event_id)
+            self._try_send(owner, protocol.kv_reply_message(self.worker_id, reply))
         else:
             raise ValueError(f"unknown request-plane message type {kind!r}")
 
@@ -213,7 +223,14 @@ class WorkerServer:
     # -- event plane and discovery ---------------------------------------------------------
 
     def _publish_kv(self, step: EngineStep) -> None:
-        """KV events reach the router through the relay (router issue); until then none are sent."""
+        """Engine KV events become router events (local hashes recomputed, numbered from 1)."""
+        if not step.kv_events:
+            return
+        assert self._relay is not None
+        events = self._relay.ingest(EngineEventBatch(time.time(), step.kv_events))
+        if events:
+            message = {"worker_id": self.worker_id, "events": [e.to_wire() for e in events]}
+            self._pub_send.send_multipart([b"kv", msgpack.packb(message, use_bin_type=True)])
 
     async def _load_loop(self) -> None:
         last: LoadReport | None = None
@@ -224,7 +241,7 @@ class WorkerServer:
                                 load.num_running, load.num_waiting)
             now = time.monotonic()
             if report != last or now - last_sent >= LOAD_REPORT_REFRESH_S:
-                await self._pub.send_multipart(
+                self._pub_send.send_multipart(
                     [b"load", msgpack.packb(report.to_wire(), use_bin_type=True)])
                 last, last_sent = report, now
             await asyncio.sleep(LOAD_REPORT_INTERVAL_S)

@@ -15,7 +15,7 @@ def stack(stack_factory):
     stack = stack_factory()
     stack.start_worker()
     stack.start_worker()
-    stack.start_frontend()
+    stack.start_frontend("--router-mode", "round-robin")
     stack.wait_for_workers(2)
     return stack
 
