@@ -15,7 +15,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
@@ -43,6 +43,13 @@ class FrontendState:
     pool: WorkerPool
     metrics: FrontendMetrics
     shutting_down: bool = False
+    background: set[asyncio.Task] = field(default_factory=set)   # e.g. speculative prefills
+
+    def spawn(self, coroutine) -> None:
+        """Run work that outlives its request; the app cancels what is left at shutdown."""
+        task = asyncio.create_task(coroutine)
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
 
 
 STATE = web.AppKey("state", FrontendState)
@@ -59,6 +66,7 @@ def create_app(config: FrontendConfig, router_config: RouterConfig,
     metrics.add_collector(lambda: _fleet_metrics(pool))
     app[STATE] = FrontendState(config, pool, metrics)
     app.cleanup_ctx.append(_run_pool)
+    app.cleanup_ctx.append(_cancel_background)
     app.on_shutdown.append(_mark_shutting_down)
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/completions", completions)
@@ -76,6 +84,14 @@ async def _run_pool(app: web.Application) -> AsyncIterator[None]:
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     await pool.close()
+
+
+async def _cancel_background(app: web.Application) -> AsyncIterator[None]:
+    yield
+    tasks = list(app[STATE].background)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def _mark_shutting_down(app: web.Application) -> None:
@@ -126,7 +142,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         raise protocol.invalid("messages", f"cannot render the chat template: {exc}") from None
     token_ids = await _encode(state, model.tokenizer, text)
     return await _generate(request, state, model, token_ids, chat.sampling, chat=True,
-                           nvext=protocol.parse_nvext(chat.body))
+                           nvext=protocol.parse_nvext(chat.body), history=chat)
 
 
 async def completions(request: web.Request) -> web.StreamResponse:
@@ -234,7 +250,8 @@ async def _encode(state: FrontendState, tokenizer: Tokenizer, text: str,
 
 async def _generate(request: web.Request, state: FrontendState, model: Model,
                     token_ids: list[int], sampling: Sampling, chat: bool,
-                    nvext: protocol.NvExt) -> web.StreamResponse:
+                    nvext: protocol.NvExt,
+                    history: protocol.ChatRequest | None = None) -> web.StreamResponse:
     received = time.monotonic()
     room = model.context_length - len(token_ids)
     if room < 1:
@@ -269,6 +286,8 @@ async def _generate(request: web.Request, state: FrontendState, model: Model,
         else:
             response = await _unary_response(text, shape, headers, observer)
         observer.finish("success" if not observer.error_type else "error")
+        if nvext.speculative_prefill and history is not None and not observer.error_type:
+            state.spawn(_speculative_prefill(state, model, history, text.message(), nvext))
         return response
     except asyncio.CancelledError:
         observer.finish("error", "cancelled")
@@ -276,6 +295,33 @@ async def _generate(request: web.Request, state: FrontendState, model: Model,
     except OpenAIError as exc:
         observer.finish("error", str(exc.status))
         raise
+    finally:
+        run.close()
+
+
+async def _speculative_prefill(state: FrontendState, model: Model, chat: protocol.ChatRequest,
+                               reply: dict[str, Any], nvext: protocol.NvExt) -> None:
+    """Warm the cache for the next turn: history + this reply, rendered with no generation
+    prompt, sent through the router as a max_tokens=1 request (DESIGN.md §3)."""
+    try:
+        text = model.tokenizer.apply_chat_template([*chat.messages, reply], tools=chat.tools,
+                                                   add_generation_prompt=False)
+    except TemplateError as exc:
+        log.info("speculative prefill skipped: %s", exc)
+        return
+    token_ids = await _encode(state, model.tokenizer, text)
+    if len(token_ids) >= model.context_length:
+        return
+    request = EngineRequest(request_id=str(uuid.uuid4()), token_ids=token_ids, max_tokens=1,
+                            received_at=0.0, ignore_eos=True)
+    run = RequestRun(model, request, Prompt(token_ids, model.kv_block_size),
+                     protocol.NvExt(priority=nvext.priority), 0, state.metrics, time.monotonic())
+    try:
+        await run.start()
+        while run.finish_reason is None:
+            await run.next_outputs()
+    except OpenAIError as exc:
+        log.info("speculative prefill %s failed: %s", request.request_id, exc.message)
     finally:
         run.close()
 
@@ -366,27 +412,14 @@ async def _stream_response(request: web.Request, text: TextStream, shape: protoc
 
 async def _unary_response(text: TextStream, shape: protocol.ResponseShape,
                           headers: dict[str, str], observer: _Observer) -> web.Response:
-    parts: list[str] = []
-    tool_calls: dict[int, dict[str, Any]] = {}
     while text.finish_reason is None:
         before = len(text.run.generated)
-        piece, deltas = await text.next()
+        await text.next()
         observer.tokens(len(text.run.generated) - before)
-        parts.append(piece)
-        for delta in deltas or ():
-            _merge_tool_call(tool_calls, delta)
-    body = shape.full("".join(parts), _openai_finish(text.finish_reason), _usage(text.run),
-                      [tool_calls[i] for i in sorted(tool_calls)] or None)
+    message = text.message()
+    body = shape.full(message["content"] or "", _openai_finish(text.finish_reason),
+                      _usage(text.run), message.get("tool_calls"))
     return web.json_response(body, headers=headers)
-
-
-def _merge_tool_call(calls: dict[int, dict[str, Any]], delta: dict[str, Any]) -> None:
-    call = calls.setdefault(delta.get("index", 0), {"id": "", "type": "function",
-                                                    "function": {"name": "", "arguments": ""}})
-    call["id"] = delta.get("id") or call["id"]
-    function = delta.get("function") or {}
-    call["function"]["name"] += function.get("name") or ""
-    call["function"]["arguments"] += function.get("arguments") or ""
 
 
 def _openai_finish(reason: str | None) -> str:

@@ -166,6 +166,8 @@ class TextStream:
         self.hold = max((len(s) for s in self.stops), default=1) - 1  # chars a stop may straddle
         self.pending = ""                 # text held back until no stop string can start in it
         self.finish_reason: str | None = None
+        self.text: list[str] = []         # every piece returned so far
+        self.tool_calls: dict[int, dict[str, Any]] = {}   # merged tool-call deltas, by index
 
     async def next(self) -> tuple[str, list[dict[str, Any]] | None]:
         """The next piece of text and tool-call deltas; sets finish_reason at the end."""
@@ -176,14 +178,37 @@ class TextStream:
         if self.run.finish_reason is not None:
             text += self.detokenizer.flush()
             self.finish_reason = self.run.finish_reason
+        for delta in deltas or ():
+            _merge_tool_call(self.tool_calls, delta)
         for stop in self.stops:
             at = text.find(stop)
             if at >= 0:
                 self.run.cancel()
                 self.finish_reason = "stop"
                 self.pending = ""
-                return text[:at], deltas
-        if self.finish_reason is None and self.hold:
-            cut = max(len(text) - self.hold, 0)
-            text, self.pending = text[:cut], text[cut:]
+                text = text[:at]
+                break
+        else:
+            if self.finish_reason is None and self.hold:
+                cut = max(len(text) - self.hold, 0)
+                text, self.pending = text[:cut], text[cut:]
+        self.text.append(text)
         return text, deltas
+
+    def message(self) -> dict[str, Any]:
+        """The reply as an assistant message (for the response body and speculative prefill)."""
+        calls = [self.tool_calls[i] for i in sorted(self.tool_calls)]
+        message: dict[str, Any] = {"role": "assistant", "content": "".join(self.text) or None}
+        if calls:
+            message["tool_calls"] = calls
+        return message
+
+
+def _merge_tool_call(calls: dict[int, dict[str, Any]], delta: dict[str, Any]) -> None:
+    """Fold one streamed tool-call delta into the calls it belongs to (OpenAI's `index`)."""
+    call = calls.setdefault(delta.get("index", 0), {"id": "", "type": "function",
+                                                    "function": {"name": "", "arguments": ""}})
+    call["id"] = delta.get("id") or call["id"]
+    function = delta.get("function") or {}
+    call["function"]["name"] += function.get("name") or ""
+    call["function"]["arguments"] += function.get("arguments") or ""

@@ -79,6 +79,11 @@ class Stack:
                 raise RuntimeError("the frontend did not come up:\n" + self.logs())
             time.sleep(0.05)
 
+    def metrics(self) -> str:
+        """The frontend's Prometheus text."""
+        with urllib.request.urlopen(self.url + "/metrics", timeout=5) as response:
+            return response.read().decode()
+
     def health(self) -> tuple[int, dict]:
         return http_json(self.url + "/health", timeout=2)
 

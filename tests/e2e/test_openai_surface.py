@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-import urllib.request
 
 import openai
 import pytest
@@ -73,9 +72,7 @@ def test_finish_reasons_are_what_pi_accepts(stack):
 def test_metrics_parse_and_count_requests(stack):
     client_for(stack).chat.completions.create(model="rotor-mock", max_tokens=2,
                                               messages=[{"role": "user", "content": "count me"}])
-    with urllib.request.urlopen(stack.url + "/metrics", timeout=5) as response:
-        text = response.read().decode()
-    families = {f.name: f for f in text_string_to_metric_families(text)}
+    families = {f.name: f for f in text_string_to_metric_families(stack.metrics())}
     for name in ("rotor_frontend_requests", "rotor_frontend_time_to_first_token_seconds",
                  "rotor_frontend_inter_token_latency_seconds", "rotor_frontend_inflight_requests",
                  "rotor_router_kv_hit_rate", "rotor_router_overhead_ms",

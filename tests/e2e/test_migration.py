@@ -1,0 +1,49 @@
+"""Migration: a request whose worker dies continues on another worker, invisibly to the client."""
+
+from __future__ import annotations
+
+import openai
+
+
+def test_sigkilled_worker_under_migration_yields_one_complete_stream(stack_factory):
+    stack = stack_factory()
+    stack.start_worker()
+    stack.start_worker()
+    stack.start_frontend("--migration-limit", "2")
+    stack.wait_for_workers(2)
+    client = openai.OpenAI(base_url=stack.url + "/v1", api_key="x", max_retries=0, timeout=60)
+    stream = iter(client.chat.completions.create(
+        model="rotor-mock", max_tokens=300, stream=True, stream_options={"include_usage": True},
+        extra_body={"ignore_eos": True}, messages=[{"role": "user", "content": "keep going"}]))
+    chunks = [next(stream) for _ in range(20)]
+    (busy,) = [w for w in stack.health()[1]["workers"] if w["in_flight"]]
+    stack.kill(busy["pid"])
+    chunks += list(stream)                       # no error: the stream continues elsewhere
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finishes == ["length"]
+    assert chunks[-1].usage.completion_tokens == 300
+    survivor = [w for w in stack.health()[1]["workers"] if w["pid"] != busy["pid"]]
+    assert survivor and survivor[0]["in_flight"] == 0
+    assert 'migration_type="ongoing_request"' in stack.metrics()
+
+
+def test_without_migration_the_stream_fails(stack_factory):
+    stack = stack_factory()
+    stack.start_worker()
+    stack.start_worker()
+    stack.start_frontend()
+    stack.wait_for_workers(2)
+    client = openai.OpenAI(base_url=stack.url + "/v1", api_key="x", max_retries=0, timeout=60)
+    stream = iter(client.chat.completions.create(
+        model="rotor-mock", max_tokens=300, stream=True, extra_body={"ignore_eos": True},
+        messages=[{"role": "user", "content": "keep going"}]))
+    for _ in range(5):
+        next(stream)
+    (busy,) = [w for w in stack.health()[1]["workers"] if w["in_flight"]]
+    stack.kill(busy["pid"])
+    try:
+        list(stream)
+    except openai.APIError as exc:
+        assert "worker" in str(exc)
+    else:
+        raise AssertionError("the stream should have failed")
