@@ -11,7 +11,7 @@ import importlib
 from worker.engine import EngineKind
 
 ENGINE_KINDS: dict[str, str] = {
-    "mock": "worker.fixed_delay:FIXED_DELAY_ENGINE",
+    "mock": "mocker.realtime:MOCK_ENGINE",
 }
 
 
