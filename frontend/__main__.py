@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from aiohttp import web
@@ -12,6 +13,7 @@ from frontend.app import create_app
 from frontend.config import FrontendConfig
 from frontend.tokenizer import Tokenizer
 from router.config import RouterConfig
+from tracing.config import TraceConfig
 
 log = logging.getLogger("rotor.frontend")
 
@@ -36,7 +38,12 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as exc:
         log.error("cannot load --model-path: %s", exc)
         return 2
-    app = create_app(config, router_config, tokenizer=tokenizer)
+    try:
+        trace_config = TraceConfig.from_env(os.environ)
+    except ValueError as exc:
+        log.error("bad tracing environment: %s", exc)
+        return 2
+    app = create_app(config, router_config, trace_config, tokenizer=tokenizer)
     log.info("serving the OpenAI API on http://%s:%d (namespace %r, router mode %s)",
              config.http_host, config.http_port, config.namespace, router_config.router_mode)
     web.run_app(app, host=config.http_host, port=config.http_port, handler_cancellation=True,

@@ -32,6 +32,10 @@ from frontend.workers import Model, WorkerPool
 from router.config import RouterConfig
 from router.discovery import Discovery, FileDiscovery
 from router.hashing import Prompt
+from tracing.config import TraceConfig
+from tracing.records import (AgentContext, FinishReasonMetadata, ReplayHashes, RequestClock,
+                             RequestEnd, WorkerPlacement, router_cache_hit)
+from tracing.service import Tracing, open_tracing
 from worker.engine import EngineRequest
 
 log = logging.getLogger("rotor.frontend")
@@ -42,6 +46,8 @@ class FrontendState:
     config: FrontendConfig
     pool: WorkerPool
     metrics: FrontendMetrics
+    trace_config: TraceConfig
+    tracing: Tracing | None = None       # set while the app runs
     shutting_down: bool = False
     background: set[asyncio.Task] = field(default_factory=set)   # e.g. speculative prefills
 
@@ -56,7 +62,7 @@ STATE = web.AppKey("state", FrontendState)
 
 
 def create_app(config: FrontendConfig, router_config: RouterConfig,
-               discovery: Discovery | None = None,
+               trace_config: TraceConfig | None = None, discovery: Discovery | None = None,
                tokenizer: Tokenizer | None = None) -> web.Application:
     app = web.Application(client_max_size=int(config.max_body_mb * 2**20),
                           middlewares=[error_middleware])
@@ -64,7 +70,9 @@ def create_app(config: FrontendConfig, router_config: RouterConfig,
     pool = WorkerPool(discovery or FileDiscovery(config.namespace), router_config, metrics,
                       tokenizer)
     metrics.add_collector(lambda: _fleet_metrics(pool))
-    app[STATE] = FrontendState(config, pool, metrics)
+    state = app[STATE] = FrontendState(config, pool, metrics, trace_config or TraceConfig())
+    metrics.add_collector(lambda: _tracing_metrics(state.tracing))
+    app.cleanup_ctx.append(_run_tracing)
     app.cleanup_ctx.append(_run_pool)
     app.cleanup_ctx.append(_cancel_background)
     app.on_shutdown.append(_mark_shutting_down)
@@ -84,6 +92,21 @@ async def _run_pool(app: web.Application) -> AsyncIterator[None]:
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     await pool.close()
+
+
+async def _run_tracing(app: web.Application) -> AsyncIterator[None]:
+    """Trace sinks and the tool-event ingress; on shutdown (SIGTERM, SIGINT) everything recorded
+    is flushed. Registered first, so it closes last, after in-flight requests wrote their rows."""
+    state = app[STATE]
+    async with open_tracing(state.trace_config) as tracing:
+        state.tracing = tracing
+        if tracing.enabled:
+            log.info("agent tracing on: sinks %s at %s%s", ",".join(state.trace_config.sinks),
+                     state.trace_config.output_path,
+                     f", tool events on {state.trace_config.tool_events_endpoint}"
+                     if tracing.ingress else "")
+        yield
+        state.tracing = None
 
 
 async def _cancel_background(app: web.Application) -> AsyncIterator[None]:
@@ -132,6 +155,7 @@ def _error_response(error: OpenAIError) -> web.Response:
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
+    clock = RequestClock()
     state = request.app[STATE]
     chat = protocol.parse_chat(protocol.parse_json_body(await request.read()))
     model = _model(state, chat.model)
@@ -141,11 +165,12 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     except TemplateError as exc:
         raise protocol.invalid("messages", f"cannot render the chat template: {exc}") from None
     token_ids = await _encode(state, model.tokenizer, text)
-    return await _generate(request, state, model, token_ids, chat.sampling, chat=True,
+    return await _generate(request, state, model, token_ids, chat.sampling, clock, chat=True,
                            nvext=protocol.parse_nvext(chat.body), history=chat)
 
 
 async def completions(request: web.Request) -> web.StreamResponse:
+    clock = RequestClock()
     state = request.app[STATE]
     completion = protocol.parse_completion(protocol.parse_json_body(await request.read()))
     model = _model(state, completion.model)
@@ -157,8 +182,8 @@ async def completions(request: web.Request) -> web.StreamResponse:
         if max(token_ids) >= model.tokenizer.vocab_size:
             raise protocol.invalid("prompt", f"token ids must be below the vocabulary size "
                                              f"{model.tokenizer.vocab_size}")
-    return await _generate(request, state, model, token_ids, completion.sampling, chat=False,
-                           nvext=protocol.parse_nvext(completion.body))
+    return await _generate(request, state, model, token_ids, completion.sampling, clock,
+                           chat=False, nvext=protocol.parse_nvext(completion.body))
 
 
 async def list_models(request: web.Request) -> web.Response:
@@ -183,6 +208,24 @@ async def health(request: web.Request) -> web.Response:
 async def metrics_endpoint(request: web.Request) -> web.Response:
     body = request.app[STATE].metrics.render()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def _tracing_metrics(tracing: Tracing | None) -> Iterable[Metric]:
+    """Trace records and tool events, written and dropped."""
+    if tracing is None or not tracing.enabled:
+        return []
+    records = CounterMetricFamily("rotor_agent_trace_records", "Trace records by outcome",
+                                  labels=["outcome"])
+    records.add_metric(["emitted"], tracing.tracer.emitted)
+    records.add_metric(["written"], tracing.tracer.written)
+    records.add_metric(["dropped"], tracing.tracer.dropped)
+    tools = CounterMetricFamily("rotor_agent_trace_tool_events", "Harness tool events received",
+                                labels=["outcome"])
+    if tracing.ingress is not None:
+        tools.add_metric(["accepted"], tracing.ingress.accepted)
+        for reason, count in tracing.ingress.rejected.items():
+            tools.add_metric([f"rejected_{reason}"], count)
+    return [records, tools]
 
 
 def _fleet_metrics(pool: WorkerPool) -> Iterable[Metric]:
@@ -240,7 +283,9 @@ def _model(state: FrontendState, name: str) -> Model:
 async def _encode(state: FrontendState, tokenizer: Tokenizer, text: str,
                   add_special_tokens: bool = False) -> list[int]:
     if len(text) > state.config.long_prompt_chars:
-        return await asyncio.to_thread(tokenizer.encode, text, add_special_tokens)
+        # encode_batch releases the GIL, so other streams go on while a long prompt is encoded
+        (ids,) = await asyncio.to_thread(tokenizer.encode_batch, [text], add_special_tokens)
+        return ids
     return tokenizer.encode(text, add_special_tokens)
 
 
@@ -249,10 +294,9 @@ async def _encode(state: FrontendState, tokenizer: Tokenizer, text: str,
 
 
 async def _generate(request: web.Request, state: FrontendState, model: Model,
-                    token_ids: list[int], sampling: Sampling, chat: bool,
+                    token_ids: list[int], sampling: Sampling, clock: RequestClock, chat: bool,
                     nvext: protocol.NvExt,
                     history: protocol.ChatRequest | None = None) -> web.StreamResponse:
-    received = time.monotonic()
     room = model.context_length - len(token_ids)
     if room < 1:
         raise protocol.invalid("messages" if chat else "prompt",
@@ -271,16 +315,16 @@ async def _generate(request: web.Request, state: FrontendState, model: Model,
         seed=sampling.seed, x_request_id=x_request_id,
         stop_token_ids=[] if sampling.ignore_eos else sorted(model.tokenizer.stop_token_ids))
     run = RequestRun(model, engine_request, Prompt(token_ids, model.kv_block_size), nvext,
-                     state.config.migration_limit, state.metrics, received)
+                     state.config.migration_limit, state.metrics, clock)
     shape = protocol.ResponseShape(chat, ("chatcmpl-" if chat else "cmpl-") + request_id, model.name)
     headers = {"x-request-id": x_request_id} if x_request_id else {}
     endpoint = "chat_completions" if chat else "completions"
     observer = _Observer(state.metrics, model.name, endpoint, sampling.stream, run)
+    text = TextStream(run, sampling)
     try:
         await run.start()
         if "worker_id" in nvext.extra_fields:
             shape.nvext = protocol.worker_extension(run.worker_id)
-        text = TextStream(run, sampling)
         if sampling.stream:
             response = await _stream_response(request, text, shape, sampling, headers, observer)
         else:
@@ -297,6 +341,32 @@ async def _generate(request: web.Request, state: FrontendState, model: Model,
         raise
     finally:
         run.close()
+        if nvext.agent_context is not None and state.tracing and state.tracing.enabled:
+            state.tracing.tracer.emit(_request_end(state, run, text, nvext.agent_context))
+
+
+def _request_end(state: FrontendState, run: RequestRun, text: TextStream,
+                 context: AgentContext) -> dict[str, Any]:
+    """The request's `request_end` trace record (DESIGN.md §6.1)."""
+    fields: dict[str, Any] = {}
+    decision = run.decision
+    if decision is not None:
+        fields["cached_tokens"], fields["kv_hit_rate"] = router_cache_hit(
+            decision.overlap_blocks, len(run.request.token_ids), run.prompt.block_size)
+        fields["queue_depth"] = decision.queue_depth
+    if run.worker_id is not None:
+        fields["worker"] = WorkerPlacement.aggregated(run.worker_id)
+    finish = text.finish_reason or run.finish_reason
+    if finish is not None:
+        fields["finish_reason_metadata"] = FinishReasonMetadata(
+            _openai_finish(finish), run.finish_reason, text.stop_reason, text.tool_calls.refs())
+    if state.tracing.config.replay_hashes:
+        fields["replay"] = ReplayHashes.from_prompt(run.prompt)
+    return RequestEnd.build(
+        agent_context=context, request_id=run.request_id, model=run.model.name, clock=run.clock,
+        worker_durations=run.timings, x_request_id=run.request.x_request_id,
+        input_tokens=len(run.request.token_ids), output_tokens=len(run.generated),
+        **fields).to_record()
 
 
 async def _speculative_prefill(state: FrontendState, model: Model, chat: protocol.ChatRequest,
@@ -315,7 +385,7 @@ async def _speculative_prefill(state: FrontendState, model: Model, chat: protoco
     request = EngineRequest(request_id=str(uuid.uuid4()), token_ids=token_ids, max_tokens=1,
                             received_at=0.0, ignore_eos=True)
     run = RequestRun(model, request, Prompt(token_ids, model.kv_block_size),
-                     protocol.NvExt(priority=nvext.priority), 0, state.metrics, time.monotonic())
+                     protocol.NvExt(priority=nvext.priority), 0, state.metrics, RequestClock())
     try:
         await run.start()
         while run.finish_reason is None:
@@ -345,7 +415,7 @@ class _Observer:
             return
         if not self.last:
             self.metrics.queued.labels(self.model).dec()
-            self.metrics.ttft.labels(self.model).observe(now - self.run.clock.received)
+            self.metrics.ttft.labels(self.model).observe((self.run.clock.first_token_ms or 0) / 1000)
             count -= 1
         elif count:
             gap = (now - self.last) / count
@@ -366,7 +436,8 @@ class _Observer:
             m.disconnected.inc()
         m.requests.labels(model, self.endpoint, self.request_type, status,
                           error_type or self.error_type).inc()
-        m.duration.labels(model).observe(time.monotonic() - self.run.clock.received)
+        self.run.clock.mark_end()
+        m.duration.labels(model).observe((self.run.clock.end_ms or 0) / 1000)
         m.input_tokens.labels(model).observe(len(self.run.request.token_ids))
         m.output_tokens.labels(model).observe(len(self.run.generated))
         m.output_tokens_total.labels(model).inc(len(self.run.generated))

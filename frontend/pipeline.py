@@ -12,8 +12,7 @@
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 from frontend.metrics import FrontendMetrics
@@ -21,6 +20,7 @@ from frontend.protocol import NvExt, OpenAIError, Sampling
 from frontend.workers import Model, RequestStream, WorkerFailed
 from router.core import Decision, RouteRequest
 from router.hashing import Prompt
+from tracing.records import RequestClock, ToolCallCollector
 from worker.engine import EngineRequest, RequestOutput, Timings
 
 
@@ -28,26 +28,16 @@ def unavailable(message: str) -> OpenAIError:
     return OpenAIError(503, message, headers={"Retry-After": "1"})
 
 
-@dataclass(slots=True)
-class Clock:
-    """Frontend-side instants of one request, time.monotonic() seconds."""
-
-    received: float
-    dispatched: float | None = None
-    first_token: float | None = None
-    finished: float | None = None
-
-
 class RequestRun:
     def __init__(self, model: Model, request: EngineRequest, prompt: Prompt, nvext: NvExt,
-                 migration_limit: int, metrics: FrontendMetrics, received: float):
+                 migration_limit: int, metrics: FrontendMetrics, clock: RequestClock):
         self.model = model
         self.request = request            # the original request; continuations are derived
         self.prompt = prompt
         self.nvext = nvext
         self.migrations_left = migration_limit
         self.metrics = metrics
-        self.clock = Clock(received)
+        self.clock = clock                # receipt, dispatch, first token, end
         self.generated: list[int] = []    # every output token so far, across workers
         self.decision: Decision | None = None   # the first routing decision (cache hit, queue)
         self.timings: Timings | None = None     # the worker's durations, from its last output
@@ -71,7 +61,8 @@ class RequestRun:
                 request_id=request.request_id, prompt=prompt, priority=self.nvext.priority,
                 strict_priority=self.nvext.strict_priority, osl=self.nvext.osl,
                 session=self.nvext.session,
-                trajectory_final=bool((self.nvext.agent_context or {}).get("trajectory_final")),
+                trajectory_final=bool(self.nvext.agent_context and
+                                      self.nvext.agent_context.trajectory_final),
                 pinned_worker_id=self.nvext.backend_instance_id))
             client = router.client(decision.worker_id)
             try:
@@ -86,11 +77,12 @@ class RequestRun:
             self.decision = self.decision or decision
             self.worker_id = decision.worker_id
             self._offset = len(self.generated)
-            if self.clock.dispatched is None:
-                self.clock.dispatched = time.monotonic()
+            self.clock.mark_dispatched()
             return
 
     def _use_migration(self, failure: WorkerFailed, kind: str) -> None:
+        if failure.invalid:
+            raise OpenAIError(400, f"the engine refused the request: {failure}")
         if not failure.migratable or self.migrations_left <= 0:
             raise unavailable(f"the request failed on its worker: {failure}")
         self.migrations_left -= 1
@@ -127,8 +119,8 @@ class RequestRun:
                 self.timings = output.timings
             if output.finish_reason is not None:
                 self.finish_reason = output.finish_reason
-        if self.clock.first_token is None and self.generated:
-            self.clock.first_token = time.monotonic()
+        if self.clock.first_token_ms is None and self.generated:
+            self.clock.mark_first_token()
             self.model.router.first_token(self.request_id)
         return fresh
 
@@ -152,8 +144,7 @@ class RequestRun:
         """Free everything the request holds; safe to call more than once."""
         self.cancel()
         self.model.router.release(self.request_id)
-        if self.clock.finished is None:
-            self.clock.finished = time.monotonic()
+        self.clock.mark_end()
 
 
 class TextStream:
@@ -167,7 +158,8 @@ class TextStream:
         self.pending = ""                 # text held back until no stop string can start in it
         self.finish_reason: str | None = None
         self.text: list[str] = []         # every piece returned so far
-        self.tool_calls: dict[int, dict[str, Any]] = {}   # merged tool-call deltas, by index
+        self.tool_calls = ToolCallCollector()
+        self.stop_reason: str | None = None   # the stop string that ended the request
 
     async def next(self) -> tuple[str, list[dict[str, Any]] | None]:
         """The next piece of text and tool-call deltas; sets finish_reason at the end."""
@@ -178,13 +170,13 @@ class TextStream:
         if self.run.finish_reason is not None:
             text += self.detokenizer.flush()
             self.finish_reason = self.run.finish_reason
-        for delta in deltas or ():
-            _merge_tool_call(self.tool_calls, delta)
+        self.tool_calls.add_all(deltas)
         for stop in self.stops:
             at = text.find(stop)
             if at >= 0:
                 self.run.cancel()
                 self.finish_reason = "stop"
+                self.stop_reason = stop
                 self.pending = ""
                 text = text[:at]
                 break
@@ -197,18 +189,7 @@ class TextStream:
 
     def message(self) -> dict[str, Any]:
         """The reply as an assistant message (for the response body and speculative prefill)."""
-        calls = [self.tool_calls[i] for i in sorted(self.tool_calls)]
         message: dict[str, Any] = {"role": "assistant", "content": "".join(self.text) or None}
-        if calls:
-            message["tool_calls"] = calls
+        if self.tool_calls:
+            message["tool_calls"] = self.tool_calls.calls()
         return message
-
-
-def _merge_tool_call(calls: dict[int, dict[str, Any]], delta: dict[str, Any]) -> None:
-    """Fold one streamed tool-call delta into the calls it belongs to (OpenAI's `index`)."""
-    call = calls.setdefault(delta.get("index", 0), {"id": "", "type": "function",
-                                                    "function": {"name": "", "arguments": ""}})
-    call["id"] = delta.get("id") or call["id"]
-    function = delta.get("function") or {}
-    call["function"]["name"] += function.get("name") or ""
-    call["function"]["arguments"] += function.get("arguments") or ""

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from router.sessions import SessionControl
+from tracing.records import AgentContext, AgentContextError
 
 # HTTP status -> OpenAI error type
 _ERROR_TYPES = {400: "invalid_request_error", 404: "not_found_error", 405: "invalid_request_error",
@@ -110,8 +111,8 @@ def parse_completion(body: dict[str, Any]) -> CompletionRequest:
                                  for t in prompt):
             raise invalid("prompt", "'prompt' must be a string or a non-empty array of token ids "
                                     "(batches of several prompts are not supported)")
-    elif not isinstance(prompt, str):
-        raise invalid("prompt", "'prompt' must be a string or an array of token ids")
+    elif not isinstance(prompt, str) or not prompt:
+        raise invalid("prompt", "'prompt' must be a non-empty string or an array of token ids")
     return CompletionRequest(_model(body), prompt, _sampling(body, _optional(body, "max_tokens", int)),
                              body)
 
@@ -120,7 +121,7 @@ def parse_completion(body: dict[str, Any]) -> CompletionRequest:
 class NvExt:
     """Dynamo's request extension `nvext` (DESIGN.md §3), validated."""
 
-    agent_context: dict[str, Any] | None = None   # passive identity, validated by tracing
+    agent_context: AgentContext | None = None      # passive identity (traces, trajectory_final)
     priority: int = 0                              # agent_hints.priority: higher is more urgent
     strict_priority: int = 0                       # agent_hints.strict_priority: queue tier
     osl: int = 0                                   # agent_hints.osl: expected output tokens
@@ -158,8 +159,11 @@ def parse_nvext(body: dict[str, Any]) -> NvExt:
     if not (isinstance(fields, list) and all(isinstance(f, str) for f in fields)):
         raise invalid("nvext.extra_fields", "'nvext.extra_fields' must be an array of strings")
     context = raw.get("agent_context")
-    if context is not None and not isinstance(context, dict):
-        raise invalid("nvext.agent_context", "'nvext.agent_context' must be an object")
+    if context is not None:
+        try:
+            context = AgentContext.from_mapping(context)
+        except AgentContextError as exc:
+            raise invalid(exc.param, str(exc)) from None
     return NvExt(context, priority, strict, osl,
                  bool(_field(hints, "agent_hints", "speculative_prefill", bool, False)), session,
                  pin, frozenset(fields))

@@ -41,11 +41,13 @@ CONNECT_TIMEOUT_S = 2.0
 
 
 class WorkerFailed(Exception):
-    """A request could not complete on its worker. `migratable`: another worker may continue it."""
+    """A request could not complete on its worker. `migratable`: another worker may continue it;
+    `invalid`: the engine refused the request itself (the client's fault, a 400)."""
 
-    def __init__(self, message: str, migratable: bool):
+    def __init__(self, message: str, migratable: bool, invalid: bool = False):
         super().__init__(message)
         self.migratable = migratable
+        self.invalid = invalid
 
 
 class RequestStream:
@@ -201,8 +203,14 @@ class WorkerClient:
             final = mine[-1]
             if final.finish_reason == "error":
                 del self._streams[request_id]
-                migratable = final.error in protocol.MIGRATABLE_ERRORS
-                stream._push(WorkerFailed(f"worker {self.worker_id}: {final.error}", migratable))
+                error = final.error or "unknown error"
+                if error.startswith(protocol.ERROR_INVALID_REQUEST):
+                    failure = WorkerFailed(error.removeprefix(protocol.ERROR_INVALID_REQUEST),
+                                           migratable=False, invalid=True)
+                else:
+                    failure = WorkerFailed(f"worker {self.worker_id}: {error}",
+                                           migratable=error in protocol.MIGRATABLE_ERRORS)
+                stream._push(failure)
                 continue
             if final.finish_reason is not None:
                 del self._streams[request_id]

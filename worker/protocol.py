@@ -28,6 +28,7 @@ from worker.engine import EngineRequest, RequestOutput, Timings
 # migratable error to another worker (DESIGN.md §3); the rest are final.
 ERROR_WRONG_WORKER = "wrong_worker"       # message meant for another worker id (stale frontend)
 ERROR_SHUTDOWN = "engine_shutdown"        # the worker is stopping
+ERROR_INVALID_REQUEST = "invalid_request: "   # prefix: the engine refused the request itself
 MIGRATABLE_ERRORS = frozenset({ERROR_WRONG_WORKER, ERROR_SHUTDOWN})
 
 # ZMQ socket options of the request plane: heartbeats detect a hung or vanished peer within ~1 s.

@@ -157,7 +157,7 @@ class WorkerServer:
             try:
                 self.engine.add(request)
             except ValueError as exc:
-                self._reject(owner, request.request_id, str(exc))
+                self._reject(owner, request.request_id, protocol.ERROR_INVALID_REQUEST + str(exc))
                 return
             self._owners[request.request_id] = owner
         elif kind == "cancel":
