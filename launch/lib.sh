@@ -76,3 +76,53 @@ rotor_wait_any_exit() {
   rotor_log "a child exited (status $status); stopping the stack"
   return "$status"
 }
+
+# rotor_serve_stack NAME ROUTER_MODE DESCRIPTION [script args...]: the frontend with ROUTER_MODE
+# plus mock workers, from a script's command line; runs until Ctrl-C or until a child exits.
+# Extra environment for the frontend: ROTOR_FRONTEND_ARGS (array, optional).
+rotor_serve_stack() {
+  local name="$1" router_mode="$2" description="$3"; shift 3
+  local num_workers=2 http_port=8000 model_path="" namespace="" extra=()
+  while (( $# )); do
+    case "$1" in
+      --num-workers) num_workers="$2"; shift 2 ;;
+      --http-port) http_port="$2"; shift 2 ;;
+      --model-path) model_path="$2"; shift 2 ;;
+      --namespace) namespace="$2"; shift 2 ;;
+      -h|--help) rotor_stack_usage "$name" "$description"; return 0 ;;
+      --) shift; extra=("$@"); break ;;
+      *) echo "unknown option: $1" >&2; rotor_stack_usage "$name" "$description" >&2; return 2 ;;
+    esac
+  done
+  namespace="${namespace:-$(rotor_private_namespace)}"
+  local model_args=()
+  [[ -n "$model_path" ]] && model_args=(--model-path "$model_path")
+
+  rotor_install_traps
+  rotor_start frontend "$PYTHON" -m frontend --http-host 127.0.0.1 --http-port "$http_port" \
+    --namespace "$namespace" --router-mode "$router_mode" "${ROTOR_FRONTEND_ARGS[@]}"
+  rotor_start workers "$PYTHON" -m mocker --num-workers "$num_workers" --namespace "$namespace" \
+    "${model_args[@]}" "${extra[@]}"
+  rotor_wait_for_model "http://127.0.0.1:$http_port" 60
+  rotor_log "serving on http://127.0.0.1:$http_port/v1: $num_workers mock worker(s), router mode" \
+    "$router_mode, namespace $namespace"
+  rotor_wait_any_exit
+}
+
+rotor_stack_usage() {
+  cat <<USAGE
+Usage: launch/$1 [options] [-- extra mocker flags]
+
+$2
+Waits until the model is served, then runs until Ctrl-C or until any process exits.
+
+Options:
+  --num-workers N     mock workers to start (default: 2)
+  --http-port PORT    frontend HTTP port on 127.0.0.1 (default: 8000)
+  --model-path DIR    local Hugging Face model folder (default: Rotor's shipped mock model)
+  --namespace NAME    discovery namespace (default: a private one for this run)
+  -h, --help          show this help
+Flags after -- go to 'python -m mocker' (see 'python -m mocker --help'), for example
+  launch/$1 -- --speedup-ratio 10
+USAGE
+}
