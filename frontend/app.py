@@ -197,7 +197,8 @@ async def health(request: web.Request) -> web.Response:
     pool = request.app[STATE].pool
     workers = [{"worker_id": c.worker_id, "model": c.record.model, "engine": c.record.engine,
                 "pid": c.record.pid, "endpoint": c.record.request_endpoint,
-                "connected": c.connected, "in_flight": c.num_in_flight}
+                "connected": c.connected, "in_flight": c.num_in_flight,
+                "load": c.load.to_wire() if c.load else None}
                for c in pool.clients.values()]
     refused = [{"worker_id": w, "reason": r} for w, r in pool.refused.items()]
     status = "healthy" if workers else "no_workers"
@@ -313,7 +314,8 @@ async def _generate(request: web.Request, state: FrontendState, model: Model,
         request_id=request_id, token_ids=token_ids, max_tokens=max_tokens, received_at=0.0,
         ignore_eos=sampling.ignore_eos, temperature=sampling.temperature, top_p=sampling.top_p,
         seed=sampling.seed, x_request_id=x_request_id,
-        stop_token_ids=[] if sampling.ignore_eos else sorted(model.tokenizer.stop_token_ids))
+        stop_token_ids=[] if sampling.ignore_eos else sorted(model.tokenizer.stop_token_ids),
+        body=history.body if history is not None else None)
     run = RequestRun(model, engine_request, Prompt(token_ids, model.kv_block_size), nvext,
                      state.config.migration_limit, state.metrics, clock)
     shape = protocol.ResponseShape(chat, ("chatcmpl-" if chat else "cmpl-") + request_id, model.name)
@@ -386,14 +388,17 @@ async def _speculative_prefill(state: FrontendState, model: Model, chat: protoco
                             received_at=0.0, ignore_eos=True)
     run = RequestRun(model, request, Prompt(token_ids, model.kv_block_size),
                      protocol.NvExt(priority=nvext.priority), 0, state.metrics, RequestClock())
+    status = "error"
     try:
         await run.start()
         while run.finish_reason is None:
             await run.next_outputs()
+        status = "success"
     except OpenAIError as exc:
         log.info("speculative prefill %s failed: %s", request.request_id, exc.message)
     finally:
         run.close()
+        state.metrics.speculative_prefills.labels(model.name, status).inc()
 
 
 class _Observer:

@@ -54,6 +54,9 @@ class FrontendMetrics:
                                      ["model"], registry=r)
         self.rejections = Counter(p + "model_rejection", "Requests shed with 503",
                                   ["model", "endpoint"], registry=r)
+        self.speculative_prefills = Counter(p + "speculative_prefill",
+                                            "Background next-turn prefills, by outcome",
+                                            ["model", "status"], registry=r)
         self.kv_hit_rate = Histogram("rotor_router_kv_hit_rate",
                                      "Fraction of a prompt's tokens cached on its chosen worker",
                                      buckets=[0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0],

@@ -53,7 +53,7 @@ class Reply:
     def tool_call_deltas(self, request_id: str) -> list[dict[str, Any]]:
         """The tool calls as OpenAI streaming `tool_calls` deltas."""
         return [{"index": i, "type": "function",
-                 "id": call.id or "call_" + xxhash.xxh3_64_hexdigest(f"{request_id}:{i}"),
+                 "id": call.id or "call_" + xxhash.xxh3_64_hexdigest(f"{request_id}:{i}".encode()),
                  "function": {"name": call.name, "arguments": call.arguments}}
                 for i, call in enumerate(self.tool_calls)]
 
