@@ -12,6 +12,8 @@ from worker.engine import EngineKind
 
 ENGINE_KINDS: dict[str, str] = {
     "mock": "mocker.realtime:MOCK_ENGINE",
+    "vllm": "worker.vllm:VLLM_ENGINE",
+    "sglang": "worker.sglang:SGLANG_ENGINE",
 }
 
 

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# An agent-serving node: the Rotor frontend with KV routing and agent tracing, in front of ONE
+# SGLang worker with tensor parallelism 2, streaming sessions, priority scheduling (and priority
+# radix eviction) and SGLang's KV events. Expects 2 CUDA GPUs (e.g. 2x H100 80 GB) and a local
+# model folder (default Qwen/Qwen3-32B from the local HF cache). Ctrl-C stops everything.
+source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
+
+usage() {
+  cat <<USAGE
+Usage: launch/gpu/sglang_agg_agent.sh [--model-path DIR] [--http-port P] [--trace-dir DIR] [-- SGLang args]
+  --model-path DIR   local model folder or org/name in the local HF cache (default: Qwen/Qwen3-32B)
+  --http-port P      frontend port on 127.0.0.1 (default: 8000)
+  --trace-dir DIR    where the frontend writes agent traces (default: ./traces)
+Flags after -- go to SGLang (e.g. --context-length 65536 --mem-fraction-static 0.85).
+Needs: SGLang installed for the python in ENGINE_PYTHON (default: the same python), 2 GPUs.
+USAGE
+}
+
+model="Qwen/Qwen3-32B" http_port=8000 trace_dir="./traces" extra=()
+while (( $# )); do
+  case "$1" in
+    --model-path) model="$2"; shift 2 ;;
+    --http-port) http_port="$2"; shift 2 ;;
+    --trace-dir) trace_dir="$2"; shift 2 ;;
+    -h|--help) usage; exit 0 ;;
+    --) shift; extra=("$@"); break ;;
+    *) echo "unknown option: $1" >&2; usage >&2; exit 2 ;;
+  esac
+done
+if ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi -L >/dev/null 2>&1; then
+  rotor_log "no CUDA GPU here (nvidia-smi absent or failing): this example needs 2 GPUs; skipping"
+  exit 0
+fi
+gpus=$(nvidia-smi -L | wc -l)
+(( gpus >= 2 )) || { rotor_log "found $gpus GPU(s); this example needs 2; skipping"; exit 0; }
+
+namespace="$(rotor_private_namespace)"
+engine_python="${ENGINE_PYTHON:-$PYTHON}"
+mkdir -p "$trace_dir"
+rotor_install_traps
+# Tracing flags are the tracing issue's; set ROTOR_FRONTEND_TRACE_ARGS to override them.
+read -r -a trace_args <<< "${ROTOR_FRONTEND_TRACE_ARGS:---trace-dir $trace_dir}"
+rotor_start frontend "$PYTHON" -m frontend --http-host 127.0.0.1 --http-port "$http_port" \
+  --namespace "$namespace" --model-path "$model" --router-mode kv "${trace_args[@]}"
+CUDA_VISIBLE_DEVICES=0,1 rotor_start sglang-worker "$PYTHON" -m worker --engine sglang \
+  --namespace "$namespace" --model-path "$model" --engine-python "$engine_python" \
+  -- --tp 2 --enable-streaming-session --radix-eviction-policy priority "${extra[@]}"
+rotor_wait_for_model "http://127.0.0.1:$http_port" 1800
+rotor_log "serving $model on http://127.0.0.1:$http_port/v1: one SGLang worker, TP 2 (namespace $namespace)"
+rotor_wait_any_exit
