@@ -198,7 +198,7 @@ async def health(request: web.Request) -> web.Response:
     workers = [{"worker_id": c.worker_id, "model": c.record.model, "engine": c.record.engine,
                 "pid": c.record.pid, "endpoint": c.record.request_endpoint,
                 "connected": c.connected, "in_flight": c.num_in_flight,
-                "load": c.load.to_wire() if c.load else None}
+                "load": c.load.to_wire() if c.load else None, "engine_stats": c.record.stats}
                for c in pool.clients.values()]
     refused = [{"worker_id": w, "reason": r} for w, r in pool.refused.items()]
     status = "healthy" if workers else "no_workers"
@@ -256,11 +256,16 @@ def _fleet_metrics(pool: WorkerPool) -> Iterable[Metric]:
             sheds.add_metric([name, reason], count)
         for (kind, status), count in core.metrics.events.items():
             events.add_metric([name, kind, status], count)
+    mismatches = CounterMetricFamily("rotor_tokenization_mismatch",
+                                     "Prompts whose engine token ids differ from Rotor's",
+                                     labels=WORKER_LABELS)
     for client in pool.clients.values():
+        labels = [client.record.model, str(client.worker_id), "0"]
         if client.load is not None:
-            used.add_metric([client.record.model, str(client.worker_id), "0"],
-                            client.load.kv_used_blocks)
-    return [blocks, prefill, used, queue, sheds, events]
+            used.add_metric(labels, client.load.kv_used_blocks)
+        if "tokenization_mismatch_total" in client.record.stats:
+            mismatches.add_metric(labels, client.record.stats["tokenization_mismatch_total"])
+    return [blocks, prefill, used, queue, sheds, events, mismatches]
 
 
 WORKER_LABELS = ["model", "worker_id", "dp_rank"]

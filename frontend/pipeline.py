@@ -132,7 +132,8 @@ class RequestRun:
             self.finish_reason = "length"
             return
         token_ids = self.request.token_ids + self.generated
-        continuation = replace(self.request, token_ids=token_ids, max_tokens=remaining)
+        # a continuation is a token-id prompt: engines must not re-render the original chat body
+        continuation = replace(self.request, token_ids=token_ids, max_tokens=remaining, body=None)
         await self._dispatch(continuation, Prompt(token_ids, self.prompt.block_size))
 
     def cancel(self) -> None:

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("rotor.frontend")
 
 TICK_S = 0.1
+RECONNECT_WAIT_S = 3.0   # how long a request waits for a known worker whose connection blipped
 
 
 class ModelRouter:
@@ -42,12 +43,16 @@ class ModelRouter:
         self.metrics = metrics
         self._clients: dict[int, WorkerClient] = {}
         self._waiting: dict[str, asyncio.Future[Decision | Shed]] = {}
+        self.reconnecting: set[int] = set()    # known workers whose connection is down
+        self._joined = asyncio.Event()          # set whenever a worker (re)joins
 
     # -- fleet -----------------------------------------------------------------------------
 
     def add_worker(self, client: "WorkerClient") -> None:
         record = client.record
         self._clients[record.worker_id] = client
+        self.reconnecting.discard(record.worker_id)
+        self._joined.set()
         self._send(self.core.add_worker(WorkerInfo(
             worker_id=record.worker_id, kv_block_size=record.kv_block_size,
             total_kv_blocks=record.total_kv_blocks,
@@ -89,10 +94,16 @@ class ModelRouter:
     async def route(self, request: RouteRequest) -> Decision:
         """A worker for the request, waiting in the admission queue if every worker is busy.
         Raises OpenAIError 503 (+ Retry-After) when shed; a cancelled wait leaves the queue."""
-        try:
-            result = self.core.route(request)
-        except ValueError as exc:
-            raise OpenAIError(400, str(exc), param="nvext") from None
+        result = self._route_now(request)
+        deadline = time.monotonic() + RECONNECT_WAIT_S
+        while (isinstance(result, Shed) and result.reason == "no_workers" and self.reconnecting
+               and (left := deadline - time.monotonic()) > 0):
+            self._joined.clear()       # a connection blipped: wait for it rather than fail
+            try:
+                await asyncio.wait_for(self._joined.wait(), left)
+            except TimeoutError:
+                break
+            result = self._route_now(request)
         if isinstance(result, Queued):
             future = asyncio.get_running_loop().create_future()
             self._waiting[request.request_id] = future
@@ -114,6 +125,12 @@ class ModelRouter:
             self.metrics.router_overhead.labels(phase).observe(seconds * 1000)
         self.metrics.kv_hit_rate.observe(result.kv_hit_rate)
         return result
+
+    def _route_now(self, request: RouteRequest) -> Decision | Queued | Shed:
+        try:
+            return self.core.route(request)
+        except ValueError as exc:
+            raise OpenAIError(400, str(exc), param="nvext") from None
 
     def client(self, worker_id: int) -> "WorkerClient | None":
         return self._clients.get(worker_id)

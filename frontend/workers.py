@@ -285,7 +285,9 @@ class WorkerPool:
         for worker_id in [w for w in self.refused if w not in records]:
             del self.refused[worker_id]
         for worker_id, record in records.items():
-            if worker_id not in self.clients and worker_id not in self.refused:
+            if worker_id in self.clients:
+                self.clients[worker_id].record = record       # fresh engine stats
+            elif worker_id not in self.refused:
                 await self._add(record)
 
     # -- membership ------------------------------------------------------------------------
@@ -322,6 +324,7 @@ class WorkerPool:
         model = self.models[client.record.model]
         model.worker_ids.remove(worker_id)
         model.router.remove_worker(worker_id)
+        model.router.reconnecting.discard(worker_id)
         if not model.worker_ids:
             del self.models[model.name]
         try:
@@ -338,8 +341,12 @@ class WorkerPool:
             return
         if connected:
             model.router.add_worker(client)
+            log.info("worker %d connected: routing to it", client.worker_id)
         else:
             model.router.remove_worker(client.worker_id)
+            model.router.reconnecting.add(client.worker_id)
+            log.warning("worker %d disconnected: not routing to it until it reconnects",
+                        client.worker_id)
 
     def _on_kv_reply(self, client: WorkerClient, message: dict) -> None:
         model = self.models.get(client.record.model)

@@ -17,7 +17,7 @@ import argparse
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from frontend.tokenizer import Tokenizer
 from mocker.config import MockEngineArgs
@@ -106,6 +106,9 @@ class MockEngine:
                 return step
             self._wake.clear()
             await self._clock.wait(self._core.next_event_time(), self._wake)
+
+    def stats(self) -> dict[str, Any]:
+        return {}
 
     def load(self) -> LoadSnapshot:
         return self._core.load()

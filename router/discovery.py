@@ -16,9 +16,9 @@ import os
 import random
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 HEARTBEAT_INTERVAL_S = 1.0
 STALE_AFTER_S = 5.0
@@ -45,6 +45,9 @@ class WorkerRecord:
     event_endpoint: str           # zmq PUB
     started_at: float             # unix seconds
     pid: int
+    # engine counters refreshed with every heartbeat: tokenization conformance and mismatches,
+    # KV event gaps (subprocess engines); see Engine.stats()
+    stats: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -52,7 +55,8 @@ class WorkerRecord:
     @classmethod
     def from_json(cls, text: str) -> "WorkerRecord":
         data = json.loads(text)
-        return cls(**{name: data[name] for name in cls.__dataclass_fields__})
+        return cls(**{name: data[name] for name in cls.__dataclass_fields__
+                      if name in data or name != "stats"})
 
 
 class Discovery(Protocol):

@@ -21,8 +21,9 @@ log = logging.getLogger("rotor.worker")
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m worker",
-        description="Host one engine (mock, or later vLLM/SGLang) and serve it to Rotor frontends "
-                    "over the request plane, publishing load and KV events on the event plane.")
+        description="Host one engine (mock, vLLM or SGLang) and serve it to Rotor frontends over "
+                    "the request plane, publishing load and KV events on the event plane. Flags "
+                    "after -- go to a subprocess engine (vLLM, SGLang) unchanged.")
     parser.add_argument("--engine", default="mock", choices=sorted(ENGINE_KINDS),
                         help="which engine to host (default: mock)")
     parser.add_argument("--namespace", default="default",
@@ -40,11 +41,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, object]:
+    """The worker's and its engine kind's flags; everything after `--` goes to a subprocess
+    engine unparsed, as `args.engine_args`."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    engine_args: list[str] = []
+    if "--" in argv:
+        argv, engine_args = argv[:argv.index("--")], argv[argv.index("--") + 1:]
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--engine", default="mock", choices=sorted(ENGINE_KINDS))
+    kind = load_engine_kind(pre.parse_known_args(argv)[0].engine)
     parser = build_parser()
-    known, _ = parser.parse_known_args(argv)
-    kind = load_engine_kind(known.engine)
     kind.add_arguments(parser.add_argument_group(f"{kind.name} engine options"))
-    return parser.parse_args(argv), kind
+    args = parser.parse_args(argv)
+    args.engine_args = engine_args
+    return args, kind
 
 
 async def run(args: argparse.Namespace, kind) -> None:
@@ -74,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as exc:
         log.error("%s", exc)
         return 2
+    except RuntimeError as exc:         # the engine failed to start or died
+        log.error("%s", exc)
+        return 1
     return 0
 
 

@@ -118,6 +118,9 @@ class Engine(Protocol):
 
     def load(self) -> LoadSnapshot: ...
 
+    def stats(self) -> dict[str, Any]:
+        """Counters the worker publishes with its heartbeat (JSON-serialisable)."""
+
     async def stop(self) -> None: ...
 
 

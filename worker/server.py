@@ -18,7 +18,7 @@ import logging
 import os
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import msgpack
 import zmq
@@ -84,11 +84,12 @@ class WorkerServer:
         self.record = WorkerRecord(
             worker_id=self.worker_id, model=self.identity.model,
             model_path=self.identity.model_path, tokenizer_sha256=self.identity.tokenizer_sha256,
-            context_length=self.identity.context_length, kv_block_size=info.kv_block_size,
+            context_length=min(self.identity.context_length, info.context_length),
+            kv_block_size=info.kv_block_size,
             total_kv_blocks=info.total_kv_blocks, max_num_seqs=info.max_num_seqs,
             max_num_batched_tokens=info.max_num_batched_tokens, engine=self.identity.engine,
             request_endpoint=self._endpoint(self._router), event_endpoint=self._endpoint(self._pub),
-            started_at=time.time(), pid=os.getpid())
+            started_at=time.time(), pid=os.getpid(), stats=self.engine.stats())
         self.discovery.publish(self.record)
         log.info("worker %d serving model %r (engine %s) requests on %s, events on %s",
                  self.worker_id, self.record.model, self.record.engine,
@@ -250,5 +251,6 @@ class WorkerServer:
         while True:
             await asyncio.sleep(HEARTBEAT_INTERVAL_S)
             assert self.record is not None
+            self.record = replace(self.record, stats=self.engine.stats())
             await asyncio.to_thread(self.discovery.publish, self.record)
 
