@@ -50,9 +50,9 @@ class Stack:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def spawn(self, name: str, *args: str) -> subprocess.Popen:
+    def spawn(self, name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
         log = open(self.log_dir / f"{name}-{len(self.procs)}.log", "w")
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", **(env or {})}
         proc = subprocess.Popen([sys.executable, *args], stdout=log, stderr=subprocess.STDOUT,
                                 env=env, cwd=ROOT, start_new_session=True)
         log.close()
@@ -63,11 +63,12 @@ class Stack:
         return self.spawn("worker", "-m", "worker", "--engine", "mock", "--namespace",
                           self.namespace, *extra)
 
-    def start_frontend(self, *extra: str, timeout: float = 20.0) -> subprocess.Popen:
+    def start_frontend(self, *extra: str, timeout: float = 20.0,
+                       env: dict[str, str] | None = None) -> subprocess.Popen:
         """Start the frontend and wait until it answers /live."""
         self.port = free_port()
         proc = self.spawn("frontend", "-m", "frontend", "--http-port", str(self.port),
-                          "--namespace", self.namespace, *extra)
+                          "--namespace", self.namespace, *extra, env=env)
         deadline = time.monotonic() + timeout
         while True:
             try:
