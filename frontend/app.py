@@ -157,7 +157,7 @@ def _error_response(error: OpenAIError) -> web.Response:
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     clock = RequestClock()
     state = request.app[STATE]
-    chat = protocol.parse_chat(protocol.parse_json_body(await request.read()))
+    chat = protocol.parse_chat(await request.read())
     model = _model(state, chat.model)
     try:
         text = model.tokenizer.apply_chat_template(chat.messages, tools=chat.tools,
@@ -320,7 +320,7 @@ async def _generate(request: web.Request, state: FrontendState, model: Model,
         ignore_eos=sampling.ignore_eos, temperature=sampling.temperature, top_p=sampling.top_p,
         seed=sampling.seed, x_request_id=x_request_id,
         stop_token_ids=[] if sampling.ignore_eos else sorted(model.tokenizer.stop_token_ids),
-        body=history.body if history is not None else None)
+        body=history.raw if history is not None else None)
     run = RequestRun(model, engine_request, Prompt(token_ids, model.kv_block_size), nvext,
                      state.config.migration_limit, state.metrics, clock)
     shape = protocol.ResponseShape(chat, ("chatcmpl-" if chat else "cmpl-") + request_id, model.name)

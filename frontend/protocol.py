@@ -66,6 +66,7 @@ class ChatRequest:
     sampling: Sampling
     tools: list[dict[str, Any]] | None = None
     body: dict[str, Any] = field(default_factory=dict)
+    raw: bytes = b""                      # the body as sent, forwarded to template-applying engines
 
 
 @dataclass(slots=True)
@@ -86,7 +87,8 @@ def parse_json_body(raw: bytes) -> dict[str, Any]:
     return body
 
 
-def parse_chat(body: dict[str, Any]) -> ChatRequest:
+def parse_chat(raw: bytes) -> ChatRequest:
+    body = parse_json_body(raw)
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise invalid("messages", "'messages' must be a non-empty array")
@@ -99,7 +101,8 @@ def parse_chat(body: dict[str, Any]) -> ChatRequest:
     max_tokens = _optional(body, "max_completion_tokens", int)
     if max_tokens is None:
         max_tokens = _optional(body, "max_tokens", int)
-    return ChatRequest(_model(body), messages, _sampling(body, max_tokens), tools or None, body)
+    return ChatRequest(_model(body), messages, _sampling(body, max_tokens), tools or None, body,
+                       raw)
 
 
 def parse_completion(body: dict[str, Any]) -> CompletionRequest:

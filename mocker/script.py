@@ -83,7 +83,9 @@ class ScriptBook:
     def reply_for(self, request: EngineRequest) -> Reply | None:
         if request.x_request_id in self._by_request_id:
             return self._by_request_id[request.x_request_id]
-        messages = (request.body or {}).get("messages") or []
+        if not self._turns or request.body is None:
+            return None
+        messages = json.loads(request.body).get("messages") or []
         turn = sum(1 for m in messages if isinstance(m, dict) and m.get("role") == "assistant")
         return self._turns[turn] if turn < len(self._turns) else None
 

@@ -39,7 +39,8 @@ class EngineRequest:
     stop_token_ids: list[int] = field(default_factory=list)
     x_request_id: str | None = None
     prompt: Prompt | None = None       # in-process only: the frontend's hashes, reused by the mock
-    body: dict[str, Any] | None = None  # the client's OpenAI body, for engines that apply templates
+    body: bytes | None = None          # the client's chat body, the JSON bytes exactly as sent,
+                                       # for engines that apply chat templates themselves
 
 
 @dataclass(slots=True)

@@ -90,7 +90,8 @@ class VllmFlavor:
                   "stream_options": {"include_usage": True}, "return_token_ids": True,
                   "priority": -request.priority}
         if request.body is not None:
-            body = {k: v for k, v in request.body.items() if k not in _DROPPED_CHAT_FIELDS}
+            body = {k: v for k, v in json.loads(request.body).items()
+                    if k not in _DROPPED_CHAT_FIELDS}
             body.update(common)
             if request.ignore_eos:
                 body["ignore_eos"] = True

@@ -178,7 +178,7 @@ def test_scripted_replies_stream_text_then_tool_calls(tmp_path):
                                                        "arguments": '{"path": "a.py"}'}}]
     body = {"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"},
                          {"role": "user", "content": "z"}]}
-    outs = asyncio.run(main(engine_request("r2", [1, 2, 3], 100, body=body)))
+    outs = asyncio.run(main(engine_request("r2", [1, 2, 3], 100, body=json.dumps(body).encode())))
     assert [t for o in outs for t in o.token_ids] == encode("second turn")
     assert outs[-1].finish_reason == "stop" and outs[-1].tool_call_deltas is None
     with pytest.raises(ValueError, match="--script"):

@@ -10,7 +10,7 @@ from worker.engine import EngineRequest, RequestOutput, Timings
 def test_generate_round_trip_sets_receipt_time():
     request = EngineRequest(request_id="r1", token_ids=[1, 2, 3], max_tokens=5, received_at=0.0,
                             priority=2, ignore_eos=True, temperature=0.5, stop_token_ids=[0],
-                            x_request_id="x", body={"messages": []})
+                            x_request_id="x", body=b'{"messages": []}')
     message = protocol.unpack(protocol.generate_message(42, request))
     assert message["type"] == "generate" and message["worker_id"] == 42
     decoded = protocol.request_from_message(message, received_at=12.5)
