@@ -3,29 +3,24 @@ find_matches, then time find_matches for 16k-token prompts against the full tree
 
     .venv/bin/python bench/router_index.py [--limit N] [--rerecord]
 
-Recording: the router core routes every row of ../shared/traces/conversation_trace.jsonl to one of
-16 workers (16384 blocks of 64 tokens each) and each worker's cache turns the prompt into engine
-KV events, which go through the worker's real `KvRelay` into router events. The events are cached
-in bench/results/router_index_events.<key>.tmp so re-runs skip the recording.
-
-The worker cache here is a simple LRU model written for this benchmark (prefix hits reused,
-missing blocks stored, least recently used blocks evicted, a prompt's tail released before its
-prefix), NOT the mock engine core: it produces the same kind of event stream. Requests arrive at
-their trace times and stay booked for a rough service time, so routing spreads them as it would.
+Recording: offline replay (mocker/replay) serves every row of ../shared/traces/conversation_trace.jsonl
+at its trace time with the real router core (kv mode) and 16 real mock engine cores (16384 blocks
+of 64 tokens each, default engine); each core's KV events go through the worker's real `KvRelay`
+into router events, exactly as in the live stack. Those router events are recorded and cached in
+bench/results/router_index_events.<key>.tmp so re-runs skip the recording.
 Results are written to bench/results/router_index.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
-import heapq
 import json
 import random
 import statistics
 import sys
 import time
-from collections import OrderedDict
 from pathlib import Path
 
 import msgpack
@@ -34,13 +29,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from router.config import RouterConfig  # noqa: E402
-from router.core import RouteRequest, Router  # noqa: E402
-from router.events import (BlockRemoved, BlockStored, EngineEventBatch,  # noqa: E402
-                           RouterEvent)
+from router.core import Router  # noqa: E402
+from router.events import RouterEvent  # noqa: E402
 from router.hashing import Prompt  # noqa: E402
 from router.kv_sync import DumpReply  # noqa: E402
 from router.load import WorkerInfo  # noqa: E402
-from worker.kv_relay import KvRelay  # noqa: E402
 
 TRACE = ROOT.parent / "shared" / "traces" / "conversation_trace.jsonl"
 RESULTS = ROOT / "bench" / "results"
@@ -84,79 +77,39 @@ def synced_router(clock=time.monotonic, seed: int = 0) -> Router:
     return router
 
 
-class LruCacheModel:
-    """One worker's prefix cache for the recording (not the mock engine): engine hashes are
-    sequence hashes, as the mock engine's are."""
-
-    def __init__(self, num_blocks: int):
-        self.num_blocks = num_blocks
-        self.blocks: OrderedDict[int, None] = OrderedDict()  # seq hash, least recent first
-
-    def serve(self, prompt: Prompt) -> list:
-        seq = prompt.sequence_hashes
-        hit = 0
-        while hit < len(seq) and seq[hit] in self.blocks:
-            hit += 1
-        events: list = []
-        new = seq[hit:][: self.num_blocks]
-        overflow = len(self.blocks) + len(new) - self.num_blocks
-        protected = set(seq[:hit])
-        if overflow > 0:
-            evicted = []
-            for h in self.blocks:
-                if len(evicted) == overflow:
-                    break
-                if h not in protected:
-                    evicted.append(h)
-            for h in evicted:
-                del self.blocks[h]
-            events.append(BlockRemoved(evicted))
-        if new:
-            bs = prompt.block_size
-            tokens = list(prompt.token_ids[hit * bs:(hit + len(new)) * bs])
-            events.append(BlockStored(new, seq[hit - 1] if hit else None, tokens, bs))
-            for h in new:
-                self.blocks[h] = None
-        # release tail first: the prefix ends up most recently used, so tails are evicted first
-        for h in reversed(seq[:hit + len(new)]):
-            self.blocks.move_to_end(h)
-        return events
-
-
 def record(rows: list[dict]) -> list[RouterEvent]:
-    """Route every row at its trace time; a request stays booked for a rough service time
-    (prefill at the mock engine's polynomial, then 25 ms per output token), so the router
-    balances load against cache as it would live."""
-    now = [0.0]
-    router = synced_router(clock=lambda: now[0])
-    caches = {w: LruCacheModel(NUM_BLOCKS) for w in range(1, NUM_WORKERS + 1)}
-    relays = {w: KvRelay(w, BLOCK_SIZE) for w in caches}
+    """Replay the rows through the router core and 16 mock engine cores (mocker/replay) and
+    return every router event the relays produced, in the order the router applied them. The
+    replay numbers its workers from 0; the benchmark's router knows them as 1..16."""
+    from mocker.config import MockEngineArgs
+    from mocker.replay import trace_from_rows
+    from mocker.replay.sim import Simulation
+
+    trace = trace_from_rows(rows, "mooncake", TRACE_BLOCK, source=TRACE.name)
     recorded: list[RouterEvent] = []
-    pending: list[tuple[float, int, str, str]] = []   # (time, seq, "first"|"end", request id)
-    for i, row in enumerate(rows):
-        now[0] = row["timestamp"] / 1000.0
-        while pending and pending[0][0] <= now[0]:
-            _, _, what, request_id = heapq.heappop(pending)
-            (router.first_token if what == "first" else router.release)(request_id)
-        request = RouteRequest(f"r{i}", Prompt(row_tokens(row), BLOCK_SIZE))
-        decision = router.route(request)
-        engine_events = caches[decision.worker_id].serve(request.prompt)
-        for event in relays[decision.worker_id].ingest(EngineEventBatch(now[0], engine_events)):
-            router.apply_event(event)
-            recorded.append(event)
-        t = len(request.prompt) - decision.cached_tokens
-        prefill_s = (4.209989e-7 * t * t + 1.518344e-2 * t + 16.50142) / 1000.0
-        heapq.heappush(pending, (now[0] + prefill_s, 2 * i, "first", request.request_id))
-        heapq.heappush(pending, (now[0] + prefill_s + 0.025 * row["output_length"], 2 * i + 1,
-                                 "end", request.request_id))
-        if i % 1000 == 0:
-            print(f"  recorded {i}/{len(rows)} rows, {len(recorded)} events", file=sys.stderr)
+
+    def keep(event: RouterEvent) -> None:
+        recorded.append(dataclasses.replace(event, worker_id=event.worker_id + 1))
+
+    shown = [-1]          # last thousand reported
+
+    def progress(done: int, total: int, _now_ms: float) -> None:
+        if done // 1000 > shown[0]:
+            shown[0] = done // 1000
+            print(f"  recorded {done}/{total} rows, {len(recorded)} events", file=sys.stderr)
+
+    sim = Simulation(trace, num_workers=NUM_WORKERS,
+                     engine_args=MockEngineArgs(num_gpu_blocks=NUM_BLOCKS, block_size=BLOCK_SIZE),
+                     router_config=RouterConfig(), seed=0, progress=progress, event_sink=keep)
+    result = sim.run()
+    print(f"  replayed {len(rows)} rows in {result.wall_s:.1f} s: {len(recorded)} router events",
+          file=sys.stderr)
     return recorded
 
 
 def recorded_events(rows: list[dict], rerecord: bool) -> tuple[list[RouterEvent], Path]:
     key = hashlib.sha256(json.dumps([len(rows), TRACE.stat().st_size, NUM_WORKERS, NUM_BLOCKS,
-                                     BLOCK_SIZE, "lru-model-v2"]).encode()).hexdigest()[:12]
+                                     BLOCK_SIZE, "mock-core-replay-v1"]).encode()).hexdigest()[:12]
     path = RESULTS / f"router_index_events.{key}.tmp"
     if path.exists() and not rerecord:
         with open(path, "rb") as fh:
@@ -230,7 +183,7 @@ def main() -> None:
 
     result = {
         "benchmark": "router_index",
-        "cache_model": "lru-model (bench/router_index.py), not the mock engine core",
+        "recording": "offline replay: router core (kv) + 16 mock engine cores + KvRelay",
         "trace": str(TRACE.name), "rows": len(rows), "workers": NUM_WORKERS,
         "blocks_per_worker": NUM_BLOCKS, "block_size": BLOCK_SIZE,
         "events": len(events), "block_ops": ops, "apply_seconds": apply_s,
