@@ -82,9 +82,10 @@ rotor_wait_any_exit() {
 # Extra environment for the frontend: ROTOR_FRONTEND_ARGS (array, optional).
 rotor_serve_stack() {
   local name="$1" router_mode="$2" description="$3"; shift 3
-  local num_workers=2 http_port=8000 model_path="" namespace="" extra=()
+  local engine=mock num_workers=2 http_port=8000 model_path="" namespace="" extra=()
   while (( $# )); do
     case "$1" in
+      --engine) engine="$2"; shift 2 ;;
       --num-workers) num_workers="$2"; shift 2 ;;
       --http-port) http_port="$2"; shift 2 ;;
       --model-path) model_path="$2"; shift 2 ;;
@@ -97,32 +98,50 @@ rotor_serve_stack() {
   namespace="${namespace:-$(rotor_private_namespace)}"
   local model_args=()
   [[ -n "$model_path" ]] && model_args=(--model-path "$model_path")
+  case "$engine" in
+    mock) ;;
+    vllm|sglang) [[ -n "$model_path" ]] || { echo "--engine $engine needs --model-path" >&2; return 2; } ;;
+    *) echo "--engine must be mock, vllm or sglang, got '$engine'" >&2; return 2 ;;
+  esac
 
   rotor_install_traps
   rotor_start frontend "$PYTHON" -m frontend --http-host 127.0.0.1 --http-port "$http_port" \
     --namespace "$namespace" --router-mode "$router_mode" "${ROTOR_FRONTEND_ARGS[@]}"
-  rotor_start workers "$PYTHON" -m mocker --num-workers "$num_workers" --namespace "$namespace" \
-    "${model_args[@]}" "${extra[@]}"
-  rotor_wait_for_model "http://127.0.0.1:$http_port" 60
-  rotor_log "serving on http://127.0.0.1:$http_port/v1: $num_workers mock worker(s), router mode" \
-    "$router_mode, namespace $namespace"
+  if [[ "$engine" == mock ]]; then
+    rotor_start workers "$PYTHON" -m mocker --num-workers "$num_workers" --namespace "$namespace" \
+      "${model_args[@]}" "${extra[@]}"
+  else
+    # one worker per GPU (CUDA_VISIBLE_DEVICES) or, without one, per CPU core (vLLM on CPU)
+    local i
+    for (( i = 0; i < num_workers; i++ )); do
+      rotor_start "worker-$i" env CUDA_VISIBLE_DEVICES="$i" VLLM_CPU_OMP_THREADS_BIND="$i" \
+        "$PYTHON" -m worker --engine "$engine" --namespace "$namespace" "${model_args[@]}" \
+        -- "${extra[@]}"
+    done
+  fi
+  rotor_wait_for_model "http://127.0.0.1:$http_port" "${ROTOR_START_TIMEOUT:-600}"
+  rotor_log "serving on http://127.0.0.1:$http_port/v1: $num_workers $engine worker(s), router" \
+    "mode $router_mode, namespace $namespace"
   rotor_wait_any_exit
 }
 
 rotor_stack_usage() {
   cat <<USAGE
-Usage: launch/$1 [options] [-- extra mocker flags]
+Usage: launch/$1 [options] [-- extra engine flags]
 
 $2
 Waits until the model is served, then runs until Ctrl-C or until any process exits.
 
 Options:
-  --num-workers N     mock workers to start (default: 2)
+  --engine E          mock, vllm or sglang (default: mock; vllm and sglang need --model-path)
+  --num-workers N     workers to start (default: 2); real engines get one GPU, or CPU core, each
   --http-port PORT    frontend HTTP port on 127.0.0.1 (default: 8000)
   --model-path DIR    local Hugging Face model folder (default: Rotor's shipped mock model)
   --namespace NAME    discovery namespace (default: a private one for this run)
   -h, --help          show this help
-Flags after -- go to 'python -m mocker' (see 'python -m mocker --help'), for example
+Flags after -- go to 'python -m mocker' for the mock engine (see 'python -m mocker --help'),
+to the engine server for vllm and sglang. Examples:
   launch/$1 -- --speedup-ratio 10
+  launch/$1 --engine vllm --model-path /models/tiny -- --enforce-eager
 USAGE
 }

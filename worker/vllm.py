@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -83,6 +84,9 @@ class VllmFlavor:
                "VLLM_DO_NOT_TRACK": "1"}
         if cfg.host.startswith("127.") or cfg.host in ("localhost", "::1"):
             env["VLLM_HOST_IP"] = "127.0.0.1"
+        if not has_cuda() and "VLLM_CPU_KVCACHE_SPACE" not in os.environ:
+            # vLLM on CPU otherwise reserves 92% of memory, so a second engine cannot start
+            env["VLLM_CPU_KVCACHE_SPACE"] = "1"        # GiB
         return env
 
     def request(self, request: EngineRequest, served_name: str) -> tuple[str, dict[str, Any]]:
