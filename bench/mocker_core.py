@@ -108,11 +108,15 @@ def run(rows: list[dict], engines: int, trace_block_size: int, args: MockEngineA
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--trace", type=Path, default=DEFAULT_TRACE)
-    parser.add_argument("--engines", type=int, default=2)
-    parser.add_argument("--trace-block-size", type=int, default=512)
+    parser.add_argument("--trace", type=Path, default=DEFAULT_TRACE,
+                        help="Mooncake trace to run (default: shared/traces/prefix_groups_10k.jsonl)")
+    parser.add_argument("--engines", type=int, default=2,
+                        help="engine cores the requests are split over, round robin (default: 2)")
+    parser.add_argument("--trace-block-size", type=int, default=512,
+                        help="tokens per trace hash id (default: 512)")
     parser.add_argument("--repeat", type=int, default=3, help="runs; the fastest is reported")
-    parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "mocker_core.json")
+    parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "mocker_core.json",
+                        help="JSON report path (default: bench/results/mocker_core.json)")
     parser.add_argument("--cprofile", action="store_true",
                         help="also run once under cProfile and print the top functions")
     MockEngineArgs.add_arguments(parser)

@@ -263,23 +263,28 @@ def run_online(trace: Trace, url: str, **kwargs: Any) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.online",
                                 description=__doc__.split("\n\n")[0])
-    p.add_argument("traces", nargs="+", metavar="TRACE")
+    p.add_argument("traces", nargs="+", metavar="TRACE", help="Mooncake or agentic Mooncake files")
     p.add_argument("--url", default="http://127.0.0.1:8000", help="server base URL")
     p.add_argument("--model", default=None, help="model name (default: the first of /v1/models)")
-    p.add_argument("--trace-format", choices=("mooncake", "agentic_mooncake"), default="mooncake")
-    p.add_argument("--trace-block-size", type=int, default=512)
-    p.add_argument("--arrival-speedup-ratio", type=float, default=1.0)
+    p.add_argument("--trace-format", choices=("mooncake", "agentic_mooncake"), default="mooncake",
+                   help="row format (default: mooncake)")
+    p.add_argument("--trace-block-size", type=int, default=512,
+                   help="tokens per hash id (default: 512)")
+    p.add_argument("--arrival-speedup-ratio", type=float, default=1.0,
+                   help="divide the trace's timestamps and delays by this (default: 1)")
     p.add_argument("--max-requests", type=int, default=None, help="first N rows only")
     p.add_argument("--max-duration-s", type=float, default=600.0,
                    help="stop sending after this many seconds (600)")
-    p.add_argument("--request-timeout-s", type=float, default=120.0)
+    p.add_argument("--request-timeout-s", type=float, default=120.0,
+                   help="per-request timeout, seconds (default: 120)")
     p.add_argument("--agent-features", default="all", metavar="all|none|LIST",
                    help="priority, osl, sessions sent as nvext (default: all)")
     p.add_argument("--vocab-size", type=int, default=DEFAULT_VOCAB,
                    help=f"token ids used for prompts are below this ({DEFAULT_VOCAB})")
     p.add_argument("--token-offset", type=int, default=DEFAULT_OFFSET,
                    help=f"lowest token id used ({DEFAULT_OFFSET})")
-    p.add_argument("--report-json", default=None, metavar="PATH")
+    p.add_argument("--report-json", default=None, metavar="PATH",
+                   help="write the JSON report here (default: print only)")
     ns = p.parse_args(argv)
     try:
         trace = load_trace(ns.traces, ns.trace_format, ns.trace_block_size,

@@ -29,7 +29,8 @@ ACTIVE = 64  # requests kept booked while sampling
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--limit", type=int, default=None, help="use the first N trace rows")
-    parser.add_argument("--samples", type=int, default=3000)
+    parser.add_argument("--samples", type=int, default=3000,
+                        help="decisions to time (default: 3000)")
     args = parser.parse_args()
 
     rows = load_rows(args.limit)

@@ -284,7 +284,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true",
                         help="first 1500 rows of each trace (a smoke run; not the scoreboard)")
-    parser.add_argument("--no-agentic", action="store_true")
+    parser.add_argument("--no-agentic", action="store_true",
+                        help="skip the agentic workload under cache pressure")
     parser.add_argument("--redraw", action="store_true",
                         help="only redraw the chart and table from scoreboard.json")
     ns = parser.parse_args()

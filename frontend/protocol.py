@@ -209,6 +209,9 @@ def _sampling(body: dict[str, Any], max_tokens: int | None) -> Sampling:
     n = _optional(body, "n", int)
     if n is not None and n != 1:
         raise invalid("n", "only n=1 is supported")
+    for name in ("logprobs", "top_logprobs"):
+        if body.get(name) not in (None, False, 0):
+            raise invalid(name, f"'{name}' is not supported")
     temperature = _optional(body, "temperature", float)
     if temperature is not None and not 0 <= temperature <= 2:
         raise invalid("temperature", "'temperature' must be between 0 and 2")

@@ -55,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parent", type=int, required=True, help="the worker's pid")
     parser.add_argument("--grace", type=float, default=10.0,
                         help="seconds the engine gets to stop after SIGTERM (default: 10)")
-    parser.add_argument("command", nargs=argparse.REMAINDER)
+    parser.add_argument("command", nargs=argparse.REMAINDER,
+                        help="the engine command to supervise, after --")
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:

@@ -145,3 +145,15 @@ def test_shed_requests_get_503_with_retry_after(stack_factory):
     assert exc.value.status_code == 503
     assert exc.value.response.headers["retry-after"] == "1"
     assert exc.value.body["type"] == "service_unavailable"
+
+
+def test_unsupported_features_are_refused_clearly(stack):
+    for body, param in (({"logprobs": True, "top_logprobs": 2}, "logprobs"),
+                        ({"n": 3}, "n")):
+        status, answer = http_json(stack.url + "/v1/chat/completions", {
+            "model": "rotor-mock", "max_tokens": 1, **body,
+            "messages": [{"role": "user", "content": "x"}]})
+        assert status == 400 and answer["error"]["param"] == param, answer
+    status, answer = http_json(stack.url + "/v1/completions", {
+        "model": "rotor-mock", "max_tokens": 1, "prompt": ["one", "two"]})
+    assert status == 400 and answer["error"]["param"] == "prompt"
