@@ -54,28 +54,31 @@ def router_config_from(value: RouterConfig | dict[str, Any] | str | None,
 
 
 class Progress:
-    """A one-line progress bar on stderr, shown once a run has taken `after_s` seconds."""
+    """Progress on stderr once a run has taken `after_s` seconds: a bar redrawn in place on a
+    terminal, a plain line every 10 s otherwise (logs stay readable)."""
 
     def __init__(self, label: str, stream: TextIO = sys.stderr, after_s: float = 2.0):
         self.label, self.stream, self.after_s = label, stream, after_s
         self.t0 = time.perf_counter()
         self.next_s = after_s
         self.shown = False
+        self.tty = stream.isatty()
 
     def __call__(self, done: int, total: int, now_ms: float) -> None:
         elapsed = time.perf_counter() - self.t0
         if elapsed < self.next_s:
             return
-        self.next_s = elapsed + 0.25
+        self.next_s = elapsed + (0.25 if self.tty else 10.0)
         self.shown = True
         frac = done / total if total else 1.0
         bar = "#" * int(30 * frac)
-        self.stream.write(f"\r{self.label} [{bar:<30}] {done}/{total} requests, "
-                          f"{now_ms / 1000:.1f} s virtual, {elapsed:.1f} s wall")
+        line = (f"{self.label} [{bar:<30}] {done}/{total} requests, "
+                f"{now_ms / 1000:.1f} s virtual, {elapsed:.1f} s wall")
+        self.stream.write("\r" + line if self.tty else line + "\n")
         self.stream.flush()
 
     def close(self) -> None:
-        if self.shown:
+        if self.shown and self.tty:
             self.stream.write("\n")
             self.stream.flush()
 
