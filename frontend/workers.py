@@ -114,6 +114,8 @@ class WorkerClient:
         self._streams: dict[str, RequestStream] = {}
         self._tasks = [asyncio.create_task(self._read_loop()),
                        asyncio.create_task(self._monitor_loop())]
+        for task in self._tasks:
+            task.add_done_callback(self._task_died)
         self.closed = False
 
     @property
@@ -143,6 +145,16 @@ class WorkerClient:
             raise
         return stream
 
+    def _task_died(self, task: asyncio.Task) -> None:
+        """A reader or monitor that stops on its own is a bug: say so, and fail what it served
+        (migratable) rather than leave those requests waiting forever."""
+        if task.cancelled():
+            return
+        log.error("worker %d: its %s stopped: %r", self.worker_id, task.get_coro().__name__,
+                  task.exception(), exc_info=task.exception())
+        self.closed = True
+        self.fail_all(f"internal error in the frontend's client: {task.exception()!r}")
+
     def send_kv_query(self, query: KvQuery) -> None:
         self._send_now(protocol.kv_query_message(self.worker_id, query))
 
@@ -151,12 +163,14 @@ class WorkerClient:
             self._send_now(protocol.cancel_message(self.worker_id, request_id))
 
     def _send_now(self, frame: bytes) -> None:
-        if self.closed:
-            return
-        try:
-            self._sock.send(frame, flags=zmq.NOBLOCK)
-        except zmq.ZMQError as exc:  # disconnected: the worker cleans up on its own
-            log.debug("worker %d: message not sent: %s", self.worker_id, exc)
+        """Send without waiting, through the asyncio socket (which re-arms the reader)."""
+        if not self.closed:
+            self._sock.send(frame, flags=zmq.NOBLOCK).add_done_callback(self._sent)
+
+    def _sent(self, future: asyncio.Future) -> None:
+        if not future.cancelled() and future.exception() is not None:
+            # disconnected: the worker cleans up on its own
+            log.debug("worker %d: message not sent: %s", self.worker_id, future.exception())
 
     def fail_all(self, reason: str) -> None:
         streams, self._streams = self._streams, {}

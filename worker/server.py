@@ -16,6 +16,7 @@ import asyncio
 import errno
 import logging
 import os
+import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass, replace
@@ -63,12 +64,13 @@ class WorkerServer:
         self._router.setsockopt(zmq.SNDHWM, protocol.SEND_HWM)
         self._router.setsockopt(zmq.HEARTBEAT_IVL, protocol.HEARTBEAT_IVL_MS)
         self._router.setsockopt(zmq.HEARTBEAT_TIMEOUT, protocol.HEARTBEAT_TIMEOUT_MS)
-        # Non-blocking sends go through a synchronous shadow so EAGAIN/EHOSTUNREACH surface at once.
-        self._router_send = zmq.Socket.shadow(self._router.underlying)
+        # Every send goes through the asyncio socket, never a synchronous shadow: ZMQ's file
+        # descriptor is edge-triggered, and only pyzmq's own sends re-arm a waiting recv (a
+        # shadow send once left requests unread in the queue, hanging them).
         self._pub = self._ctx.socket(zmq.PUB)
         self._pub.setsockopt(zmq.LINGER, 0)
-        self._pub_send = zmq.Socket.shadow(self._pub.underlying)   # PUB never blocks: drops
         self._owners: dict[str, bytes] = {}      # request_id -> frontend DEALER identity
+        self._stopping = threading.Event()       # ends the heartbeat thread
         self._relay: KvRelay | None = None        # made once the engine's block size is known
         self.record: WorkerRecord | None = None
 
@@ -95,8 +97,11 @@ class WorkerServer:
                  self.worker_id, self.record.model, self.record.engine,
                  self.record.request_endpoint, self.record.event_endpoint)
         loops = [asyncio.create_task(coro) for coro in (
-            self._receive_loop(), self._step_loop(), self._heartbeat_loop(), self._load_loop())]
+            self._receive_loop(), self._step_loop(), self._load_loop())]
         stopper = asyncio.create_task(stop.wait())
+        heartbeat = threading.Thread(target=self._heartbeat, name="discovery-heartbeat",
+                                     daemon=True)
+        heartbeat.start()
         try:
             done, _ = await asyncio.wait([stopper, *loops], return_when=asyncio.FIRST_COMPLETED)
             for task in done:
@@ -106,6 +111,8 @@ class WorkerServer:
             for task in (stopper, *loops):
                 task.cancel()
             await asyncio.gather(stopper, *loops, return_exceptions=True)
+            self._stopping.set()
+            await asyncio.to_thread(heartbeat.join)
             await self._shutdown()
 
     async def _shutdown(self) -> None:
@@ -194,25 +201,17 @@ class WorkerServer:
 
     async def _send(self, owner: bytes, frame: bytes) -> None:
         """Send to one frontend, waiting out a full queue; a vanished frontend loses its requests."""
-        delay = 0.0005
-        while True:
-            try:
-                self._router_send.send_multipart([owner, frame], flags=zmq.NOBLOCK)
-                return
-            except zmq.Again:
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 0.05)
-            except zmq.ZMQError as exc:
-                if exc.errno != errno.EHOSTUNREACH:
-                    raise
-                self._drop_owner(owner)
-                return
+        try:
+            await self._router.send_multipart([owner, frame])
+        except zmq.ZMQError as exc:
+            if exc.errno != errno.EHOSTUNREACH:
+                raise
+            self._drop_owner(owner)
 
     def _try_send(self, owner: bytes, frame: bytes) -> None:
-        try:
-            self._router_send.send_multipart([owner, frame], flags=zmq.NOBLOCK)
-        except zmq.ZMQError as exc:
-            log.warning("could not reply to a frontend: %s", exc)
+        """A reply that must not wait (pong, rejection, kv_query answer); failures are logged."""
+        self._router.send_multipart([owner, frame], flags=zmq.NOBLOCK).add_done_callback(
+            _log_send_failure)
 
     def _drop_owner(self, owner: bytes) -> None:
         lost = [rid for rid, o in self._owners.items() if o == owner]
@@ -231,7 +230,8 @@ class WorkerServer:
         events = self._relay.ingest(EngineEventBatch(time.time(), step.kv_events))
         if events:
             message = {"worker_id": self.worker_id, "events": [e.to_wire() for e in events]}
-            self._pub_send.send_multipart([b"kv", msgpack.packb(message, use_bin_type=True)])
+            self._pub.send_multipart([b"kv", msgpack.packb(message, use_bin_type=True)],
+                                     flags=zmq.NOBLOCK).add_done_callback(_log_send_failure)
 
     async def _load_loop(self) -> None:
         last: LoadReport | None = None
@@ -242,15 +242,21 @@ class WorkerServer:
                                 load.num_running, load.num_waiting)
             now = time.monotonic()
             if report != last or now - last_sent >= LOAD_REPORT_REFRESH_S:
-                self._pub_send.send_multipart(
+                await self._pub.send_multipart(
                     [b"load", msgpack.packb(report.to_wire(), use_bin_type=True)])
                 last, last_sent = report, now
             await asyncio.sleep(LOAD_REPORT_INTERVAL_S)
 
-    async def _heartbeat_loop(self) -> None:
-        while True:
-            await asyncio.sleep(HEARTBEAT_INTERVAL_S)
+    def _heartbeat(self) -> None:
+        """Refresh the discovery record every second, from a thread: the record says the process
+        is alive even while its event loop is busy (two real engines starving both cores once
+        let a live worker's record go stale and the frontend drop it mid-request)."""
+        while not self._stopping.wait(HEARTBEAT_INTERVAL_S):
             assert self.record is not None
             self.record = replace(self.record, stats=self.engine.stats())
-            await asyncio.to_thread(self.discovery.publish, self.record)
+            self.discovery.publish(self.record)
 
+
+def _log_send_failure(future: asyncio.Future) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.warning("could not send to a frontend: %s", future.exception())
