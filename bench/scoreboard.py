@@ -19,7 +19,6 @@ The chart is drawn with numpy and zlib (no plotting dependency): a 5×7 bitmap f
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import platform
 import random

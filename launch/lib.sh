@@ -49,6 +49,18 @@ rotor_install_traps() {
   trap 'rotor_log "interrupted"; exit 130' INT TERM
 }
 
+# rotor_require_gpus N: succeed when this machine has at least N CUDA GPUs; else say why and fail
+# (GPU examples then exit 0: without CUDA they skip cleanly).
+rotor_require_gpus() {
+  local need="$1" gpus
+  if ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi -L >/dev/null 2>&1; then
+    rotor_log "no CUDA GPU here (nvidia-smi absent or failing): this example needs $need; skipping"
+    return 1
+  fi
+  gpus=$(nvidia-smi -L | wc -l)
+  (( gpus >= need )) || { rotor_log "found $gpus GPU(s); this example needs $need; skipping"; return 1; }
+}
+
 # rotor_wait_for_model URL [TIMEOUT_S]: wait until URL/v1/models lists a model; fail early if a
 # child died meanwhile.
 rotor_wait_for_model() {

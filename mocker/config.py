@@ -9,13 +9,13 @@ which is how `python -m mocker` hands the same engine to every worker process.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from mocker.timing import ProfileTiming
+from router.config import load_json_object
 
 SCHEDULING_POLICY_NAMES = ("fcfs", "priority")   # mocker/scheduling.py holds the implementations
 EVICTION_POLICY_NAMES = ("lru", "priority")      # mocker/kv_cache.py holds the implementations
@@ -98,7 +98,7 @@ class MockEngineArgs:
         """The parsed flags with `--extra-engine-args` applied on top. Raises ValueError."""
         args = cls(**{f.name: getattr(namespace, f.name) for f in fields(cls)})
         extra = getattr(namespace, "extra_engine_args", None)
-        return args.with_overrides(_load_json_object(extra)) if extra else args
+        return args.with_overrides(load_json_object(extra, "--extra-engine-args")) if extra else args
 
     def with_overrides(self, overrides: dict[str, Any]) -> "MockEngineArgs":
         known = {f.name: f for f in fields(self)}
@@ -162,20 +162,3 @@ def _coerce(value: Any, kind: type, key: str) -> Any:
     if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
         return value
     raise ValueError(f"--extra-engine-args: {key} must be {kind.__name__}, got {value!r}")
-
-
-def _load_json_object(text_or_path: str) -> dict[str, Any]:
-    text = text_or_path
-    if not text_or_path.lstrip().startswith(("{", "[")):
-        try:
-            text = Path(text_or_path).read_text()
-        except OSError as exc:
-            raise ValueError(f"--extra-engine-args: not a JSON object and not a readable file: "
-                             f"{text_or_path!r} ({exc.strerror})") from exc
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"--extra-engine-args: invalid JSON: {exc}") from exc
-    if not isinstance(value, dict):
-        raise ValueError("--extra-engine-args: must be a JSON object")
-    return value

@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from router.policies import ROUTER_MODES
@@ -126,16 +126,25 @@ class RouterConfig:
         return config.validate()
 
 
+def load_json_object(text_or_path: str, flag: str) -> dict[str, Any]:
+    """A JSON object given inline or as the path of a file holding it (`--router-config`,
+    `--extra-engine-args`). ValueError naming `flag` when it is neither."""
+    text = text_or_path
+    if not text_or_path.lstrip().startswith(("{", "[")):
+        try:
+            text = Path(text_or_path).read_text()
+        except OSError as exc:
+            raise ValueError(f"{flag}: not a JSON object and not a readable file: "
+                             f"{text_or_path!r} ({exc.strerror})") from exc
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{flag}: invalid JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise ValueError(f"{flag}: must be a JSON object of field -> value")
+    return value
+
+
 def load_overrides(text_or_path: str) -> dict[str, Any]:
     """`--router-config`: JSON text, or the path of a file holding it."""
-    text = text_or_path
-    if not text_or_path.lstrip().startswith("{") and os.path.exists(text_or_path):
-        with open(text_or_path, encoding="utf-8") as fh:
-            text = fh.read()
-    try:
-        overrides = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"router_config is neither a JSON object nor a JSON file: {exc}") from exc
-    if not isinstance(overrides, dict):
-        raise ValueError("router_config must be a JSON object of field -> value")
-    return overrides
+    return load_json_object(text_or_path, "--router-config")

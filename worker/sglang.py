@@ -34,7 +34,7 @@ import aiohttp
 from worker import conformance
 from worker.engine import EngineContext, EngineInfo, EngineKind, EngineRequest
 from worker.subprocess_engine import (ParsedChunk, SubprocessConfig, SubprocessEngine,
-                                      add_common_arguments)
+                                      add_common_arguments, chunk_error)
 
 KV_TOPIC = "kv-events"
 DEFAULT_BLOCK_SIZE = 64
@@ -80,10 +80,8 @@ class SglangFlavor:
         return "/generate", body
 
     def parse_chunk(self, chunk: dict[str, Any], emitted: int) -> ParsedChunk:
-        parsed = ParsedChunk()
-        if "error" in chunk:
-            error = chunk["error"]
-            parsed.error = str(error.get("message", error) if isinstance(error, dict) else error)
+        parsed = ParsedChunk(error=chunk_error(chunk))
+        if parsed.error is not None:
             return parsed
         meta = chunk.get("meta_info") or {}
         ids = list(chunk.get("output_ids") or ())

@@ -501,6 +501,14 @@ def engine_arg(args: list[str], flag: str) -> str | None:
     return None
 
 
+def chunk_error(chunk: dict[str, Any]) -> str | None:
+    """The error an engine reported in a streamed chunk, if any."""
+    if "error" not in chunk:
+        return None
+    error = chunk["error"]
+    return str(error.get("message", error) if isinstance(error, dict) else error)
+
+
 async def _sse_objects(resp: aiohttp.ClientResponse) -> AsyncIterator[dict[str, Any]]:
     """JSON objects of an SSE stream's `data:` lines, until `[DONE]`."""
     async for raw in resp.content:

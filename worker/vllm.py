@@ -44,7 +44,7 @@ import aiohttp
 from worker import conformance, vllm_env
 from worker.engine import EngineContext, EngineInfo, EngineKind, EngineRequest
 from worker.subprocess_engine import (ParsedChunk, SubprocessConfig, SubprocessEngine,
-                                      add_common_arguments, engine_arg, metric_label,
+                                      add_common_arguments, chunk_error, engine_arg, metric_label,
                                       parse_metrics)
 
 KV_TOPIC = "kv-events"
@@ -111,10 +111,8 @@ class VllmFlavor:
         return "/v1/completions", body
 
     def parse_chunk(self, chunk: dict[str, Any], emitted: int) -> ParsedChunk:
-        parsed = ParsedChunk()
-        if "error" in chunk:
-            error = chunk["error"]
-            parsed.error = str(error.get("message", error) if isinstance(error, dict) else error)
+        parsed = ParsedChunk(error=chunk_error(chunk))
+        if parsed.error is not None:
             return parsed
         if chunk.get("prompt_token_ids") is not None:        # chat: first chunk, top level
             parsed.prompt_token_ids = list(chunk["prompt_token_ids"])

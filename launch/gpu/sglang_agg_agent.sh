@@ -27,21 +27,19 @@ while (( $# )); do
     *) echo "unknown option: $1" >&2; usage >&2; exit 2 ;;
   esac
 done
-if ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi -L >/dev/null 2>&1; then
-  rotor_log "no CUDA GPU here (nvidia-smi absent or failing): this example needs 2 GPUs; skipping"
-  exit 0
-fi
-gpus=$(nvidia-smi -L | wc -l)
-(( gpus >= 2 )) || { rotor_log "found $gpus GPU(s); this example needs 2; skipping"; exit 0; }
+rotor_require_gpus 2 || exit 0
 
 namespace="$(rotor_private_namespace)"
 engine_python="${ENGINE_PYTHON:-$PYTHON}"
 mkdir -p "$trace_dir"
 rotor_install_traps
-# Tracing flags are the tracing issue's; set ROTOR_FRONTEND_TRACE_ARGS to override them.
-read -r -a trace_args <<< "${ROTOR_FRONTEND_TRACE_ARGS:---trace-dir $trace_dir}"
+export DYN_AGENT_TRACE=1
+export DYN_AGENT_TRACE_OUTPUT_PATH="${DYN_AGENT_TRACE_OUTPUT_PATH:-$trace_dir/rotor-agent-trace}"
+export DYN_AGENT_TRACE_TOOL_EVENTS_ZMQ_ENDPOINT="${DYN_AGENT_TRACE_TOOL_EVENTS_ZMQ_ENDPOINT:-tcp://127.0.0.1:20390}"
+rotor_log "agent trace: $DYN_AGENT_TRACE_OUTPUT_PATH.NNNNNN.jsonl.gz; tool events: PUSH to" \
+  "$DYN_AGENT_TRACE_TOOL_EVENTS_ZMQ_ENDPOINT"
 rotor_start frontend "$PYTHON" -m frontend --http-host 127.0.0.1 --http-port "$http_port" \
-  --namespace "$namespace" --model-path "$model" --router-mode kv "${trace_args[@]}"
+  --namespace "$namespace" --model-path "$model" --router-mode kv
 CUDA_VISIBLE_DEVICES=0,1 rotor_start sglang-worker "$PYTHON" -m worker --engine sglang \
   --namespace "$namespace" --model-path "$model" --engine-python "$engine_python" \
   -- --tp 2 --enable-streaming-session --radix-eviction-policy priority "${extra[@]}"

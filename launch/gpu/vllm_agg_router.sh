@@ -26,12 +26,7 @@ while (( $# )); do
     *) echo "unknown option: $1" >&2; usage >&2; exit 2 ;;
   esac
 done
-if ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi -L >/dev/null 2>&1; then
-  rotor_log "no CUDA GPU here (nvidia-smi absent or failing): this example needs 2 GPUs; skipping"
-  exit 0
-fi
-gpus=$(nvidia-smi -L | wc -l)
-(( gpus >= 2 )) || { rotor_log "found $gpus GPU(s); this example needs 2; skipping"; exit 0; }
+rotor_require_gpus 2 || exit 0
 
 namespace="$(rotor_private_namespace)"
 engine_python="${ENGINE_PYTHON:-$PYTHON}"

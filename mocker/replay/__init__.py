@@ -23,7 +23,7 @@ from mocker.replay.report import Sample, build_report, summary_table
 from mocker.replay.sim import AgentFeatures, SimResult, Simulation
 from mocker.replay.trace import (TRACE_FORMATS, Trace, TraceError, load_trace,
                                  trace_from_rows)
-from router.config import RouterConfig, load_overrides
+from router.config import RouterConfig, load_json_object, load_overrides
 
 __all__ = ["AgentFeatures", "TRACE_FORMATS", "Trace", "TraceError", "load_trace", "replay_trace",
            "run_replay", "summary_table", "trace_from_rows"]
@@ -34,8 +34,7 @@ def engine_args_from(value: MockEngineArgs | dict[str, Any] | str | None) -> Moc
     if isinstance(value, MockEngineArgs):
         return value.validate()
     if isinstance(value, str):
-        from mocker.config import _load_json_object
-        value = _load_json_object(value)
+        value = load_json_object(value, "--extra-engine-args")
     return MockEngineArgs().with_overrides(value or {}).validate()
 
 
