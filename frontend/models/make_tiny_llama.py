@@ -39,30 +39,9 @@ COPIED_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.j
 SEED = 0
 MARKER = "rotor_tiny.json"
 
-CONFIG = {
-    "architectures": ["LlamaForCausalLM"],
-    "model_type": "llama",
-    "vocab_size": 4096,
-    "hidden_size": 128,
-    "intermediate_size": 256,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 4,
-    "head_dim": 32,
-    "hidden_act": "silu",
-    "max_position_embeddings": 4096,   # tokens: Rotor's and the engine's context length agree
-    "initializer_range": 0.02,
-    "rms_norm_eps": 1e-06,
-    "rope_theta": 10000.0,
-    "attention_bias": False,
-    "mlp_bias": False,
-    "tie_word_embeddings": False,
-    "use_cache": True,
-    "torch_dtype": "float32",
-    "bos_token_id": 0,
-    "eos_token_id": 2,
-    "pad_token_id": 0,
-}
+# The shipped artefact's Llama config, with a context length a tiny engine on CPU can hold
+# (Rotor's and the engine's context length then agree).
+CONFIG = {**json.loads((SHIPPED / "config.json").read_text()), "max_position_embeddings": 4096}
 GENERATION_CONFIG = {"bos_token_id": 0, "eos_token_id": 2, "pad_token_id": 0}
 
 
