@@ -122,6 +122,8 @@ class RequestRun:
         if self.clock.first_token_ms is None and self.generated:
             self.clock.mark_first_token()
             self.model.router.first_token(self.request_id)
+        if self.nvext.osl and fresh:      # the decode-load estimate decays as it generates
+            self.model.router.progress(self.request_id, len(self.generated))
         return fresh
 
     async def _migrate(self, failure: WorkerFailed) -> None:

@@ -48,3 +48,29 @@ def test_repeats_of_long_prompts_land_where_they_are_cached(stack_factory):
             assert usage.prompt_tokens_details.cached_tokens >= (length - 1) // BLOCK * BLOCK
     metrics = stack.metrics()
     assert 'rotor_component_kv_cache_events_applied_total{event_type="stored"' in metrics
+
+
+def booked_decode_blocks(stack) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in stack.metrics().splitlines()
+               if line.startswith("rotor_frontend_worker_active_decode_blocks{"))
+
+
+def test_osl_estimate_decays_as_the_request_generates(stack_factory):
+    stack = stack_factory()
+    stack.start_worker()
+    stack.start_frontend()
+    stack.wait_for_workers(1)
+    client = openai.OpenAI(base_url=stack.url + "/v1", api_key="x", max_retries=0, timeout=30)
+    stream = iter(client.completions.create(
+        model="rotor-mock", prompt="a short prompt", max_tokens=600, stream=True,
+        extra_body={"ignore_eos": True, "nvext": {"agent_hints": {"osl": 1000}}}))
+    for _ in range(50):
+        next(stream)
+    early = booked_decode_blocks(stack)
+    for _ in range(350):
+        next(stream)
+    late = booked_decode_blocks(stack)
+    list(stream)
+    # 1000 expected tokens are ~15.6 blocks of 64; 350 more generated tokens free ~5.5 of them
+    assert early - late > 3, (early, late)
+    assert booked_decode_blocks(stack) == 0
