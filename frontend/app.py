@@ -14,17 +14,16 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from frontend import protocol
 from frontend.config import FrontendConfig
-from frontend.metrics import FrontendMetrics
+from frontend.metrics import FrontendMetrics, fleet_metrics, tracing_metrics
 from frontend.pipeline import RequestRun, TextStream
 from frontend.protocol import OpenAIError, Sampling
 from frontend.tokenizer import TemplateError, Tokenizer
@@ -69,9 +68,9 @@ def create_app(config: FrontendConfig, router_config: RouterConfig,
     metrics = FrontendMetrics()
     pool = WorkerPool(discovery or FileDiscovery(config.namespace), router_config, metrics,
                       tokenizer)
-    metrics.add_collector(lambda: _fleet_metrics(pool))
+    metrics.add_collector(lambda: fleet_metrics(pool))
     state = app[STATE] = FrontendState(config, pool, metrics, trace_config or TraceConfig())
-    metrics.add_collector(lambda: _tracing_metrics(state.tracing))
+    metrics.add_collector(lambda: tracing_metrics(state.tracing))
     app.cleanup_ctx.append(_run_tracing)
     app.cleanup_ctx.append(_run_pool)
     app.cleanup_ctx.append(_cancel_background)
@@ -209,66 +208,6 @@ async def health(request: web.Request) -> web.Response:
 async def metrics_endpoint(request: web.Request) -> web.Response:
     body = request.app[STATE].metrics.render()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-
-def _tracing_metrics(tracing: Tracing | None) -> Iterable[Metric]:
-    """Trace records and tool events, written and dropped."""
-    if tracing is None or not tracing.enabled:
-        return []
-    records = CounterMetricFamily("rotor_agent_trace_records", "Trace records by outcome",
-                                  labels=["outcome"])
-    records.add_metric(["emitted"], tracing.tracer.emitted)
-    records.add_metric(["written"], tracing.tracer.written)
-    records.add_metric(["dropped"], tracing.tracer.dropped)
-    tools = CounterMetricFamily("rotor_agent_trace_tool_events", "Harness tool events received",
-                                labels=["outcome"])
-    if tracing.ingress is not None:
-        tools.add_metric(["accepted"], tracing.ingress.accepted)
-        for reason, count in tracing.ingress.rejected.items():
-            tools.add_metric([f"rejected_{reason}"], count)
-    return [records, tools]
-
-
-def _fleet_metrics(pool: WorkerPool) -> Iterable[Metric]:
-    """Per-worker load and router state, read when scraped."""
-    blocks = GaugeMetricFamily("rotor_frontend_worker_active_decode_blocks",
-                               "KV blocks the router books on a worker", labels=WORKER_LABELS)
-    prefill = GaugeMetricFamily("rotor_frontend_worker_active_prefill_tokens",
-                                "Prompt tokens booked on a worker and not yet prefilled",
-                                labels=WORKER_LABELS)
-    used = GaugeMetricFamily("rotor_frontend_worker_kv_used_blocks",
-                             "KV blocks in use, as the worker reports", labels=WORKER_LABELS)
-    queue = GaugeMetricFamily("rotor_frontend_router_queue_pending_requests",
-                              "Requests waiting in the router's admission queue", labels=["model"])
-    sheds = CounterMetricFamily("rotor_router_shed", "Requests shed by the router",
-                                labels=["model", "reason"])
-    events = CounterMetricFamily("rotor_component_kv_cache_events_applied",
-                                 "Router KV events by outcome", labels=["model", "event_type",
-                                                                        "status"])
-    for name, model in pool.models.items():
-        core = model.router.core
-        queue.add_metric([name], core.queue_depth)
-        for view in core.worker_loads():
-            labels = [name, str(view.worker_id), str(view.dp_rank)]
-            blocks.add_metric(labels, view.active_blocks)
-            prefill.add_metric(labels, view.prefill_tokens)
-        for reason, count in core.metrics.sheds.items():
-            sheds.add_metric([name, reason], count)
-        for (kind, status), count in core.metrics.events.items():
-            events.add_metric([name, kind, status], count)
-    mismatches = CounterMetricFamily("rotor_tokenization_mismatch",
-                                     "Prompts whose engine token ids differ from Rotor's",
-                                     labels=WORKER_LABELS)
-    for client in pool.clients.values():
-        labels = [client.record.model, str(client.worker_id), "0"]
-        if client.load is not None:
-            used.add_metric(labels, client.load.kv_used_blocks)
-        if "tokenization_mismatch_total" in client.record.stats:
-            mismatches.add_metric(labels, client.record.stats["tokenization_mismatch_total"])
-    return [blocks, prefill, used, queue, sheds, events, mismatches]
-
-
-WORKER_LABELS = ["model", "worker_id", "dp_rank"]
 
 
 async def live(request: web.Request) -> web.Response:

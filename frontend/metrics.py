@@ -8,10 +8,15 @@ state when scraped, so nothing has to keep them up to date.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from frontend.workers import WorkerPool
+    from tracing.service import Tracing
 
 
 def _log_buckets(low: float, high: float, count: int) -> list[float]:
@@ -84,4 +89,61 @@ class _Callback(Collector):
         return []
 
 
-__all__ = ["FrontendMetrics", "GaugeMetricFamily", "CounterMetricFamily"]
+WORKER_LABELS = ["model", "worker_id", "dp_rank"]
+
+
+def tracing_metrics(tracing: "Tracing | None") -> Iterable[Metric]:
+    """Trace records and tool events, written and dropped."""
+    if tracing is None or not tracing.enabled:
+        return []
+    records = CounterMetricFamily("rotor_agent_trace_records", "Trace records by outcome",
+                                  labels=["outcome"])
+    records.add_metric(["emitted"], tracing.tracer.emitted)
+    records.add_metric(["written"], tracing.tracer.written)
+    records.add_metric(["dropped"], tracing.tracer.dropped)
+    tools = CounterMetricFamily("rotor_agent_trace_tool_events", "Harness tool events received",
+                                labels=["outcome"])
+    if tracing.ingress is not None:
+        tools.add_metric(["accepted"], tracing.ingress.accepted)
+        for reason, count in tracing.ingress.rejected.items():
+            tools.add_metric([f"rejected_{reason}"], count)
+    return [records, tools]
+
+
+def fleet_metrics(pool: "WorkerPool") -> Iterable[Metric]:
+    """Per-worker load and router state, read when scraped."""
+    blocks = GaugeMetricFamily("rotor_frontend_worker_active_decode_blocks",
+                               "KV blocks the router books on a worker", labels=WORKER_LABELS)
+    prefill = GaugeMetricFamily("rotor_frontend_worker_active_prefill_tokens",
+                                "Prompt tokens booked on a worker and not yet prefilled",
+                                labels=WORKER_LABELS)
+    used = GaugeMetricFamily("rotor_frontend_worker_kv_used_blocks",
+                             "KV blocks in use, as the worker reports", labels=WORKER_LABELS)
+    queue = GaugeMetricFamily("rotor_frontend_router_queue_pending_requests",
+                              "Requests waiting in the router's admission queue", labels=["model"])
+    sheds = CounterMetricFamily("rotor_router_shed", "Requests shed by the router",
+                                labels=["model", "reason"])
+    events = CounterMetricFamily("rotor_component_kv_cache_events_applied",
+                                 "Router KV events by outcome", labels=["model", "event_type",
+                                                                        "status"])
+    for name, model in pool.models.items():
+        core = model.router.core
+        queue.add_metric([name], core.queue_depth)
+        for view in core.worker_loads():
+            labels = [name, str(view.worker_id), str(view.dp_rank)]
+            blocks.add_metric(labels, view.active_blocks)
+            prefill.add_metric(labels, view.prefill_tokens)
+        for reason, count in core.metrics.sheds.items():
+            sheds.add_metric([name, reason], count)
+        for (kind, status), count in core.metrics.events.items():
+            events.add_metric([name, kind, status], count)
+    mismatches = CounterMetricFamily("rotor_tokenization_mismatch",
+                                     "Prompts whose engine token ids differ from Rotor's",
+                                     labels=WORKER_LABELS)
+    for client in pool.clients.values():
+        labels = [client.record.model, str(client.worker_id), "0"]
+        if client.load is not None:
+            used.add_metric(labels, client.load.kv_used_blocks)
+        if "tokenization_mismatch_total" in client.record.stats:
+            mismatches.add_metric(labels, client.record.stats["tokenization_mismatch_total"])
+    return [blocks, prefill, used, queue, sheds, events, mismatches]
