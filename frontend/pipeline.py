@@ -45,6 +45,7 @@ class RequestRun:
         self.worker_id: int | None = None
         self._stream: RequestStream | None = None
         self._offset = 0                  # tokens generated before the current worker's attempt
+        self._prefilling = False          # the current attempt's booking still holds prefill load
 
     @property
     def request_id(self) -> str:
@@ -77,6 +78,7 @@ class RequestRun:
             self.decision = self.decision or decision
             self.worker_id = decision.worker_id
             self._offset = len(self.generated)
+            self._prefilling = True
             self.clock.mark_dispatched()
             return
 
@@ -119,8 +121,9 @@ class RequestRun:
                 self.timings = output.timings
             if output.finish_reason is not None:
                 self.finish_reason = output.finish_reason
-        if self.clock.first_token_ms is None and self.generated:
-            self.clock.mark_first_token()
+        if self._prefilling and len(self.generated) > self._offset:
+            self._prefilling = False          # each attempt's booking: prefill done at its first token
+            self.clock.mark_first_token()     # the request's first token: the first call counts
             self.model.router.first_token(self.request_id)
         if self.nvext.osl and fresh:      # the decode-load estimate decays as it generates
             self.model.router.progress(self.request_id, len(self.generated))

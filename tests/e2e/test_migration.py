@@ -18,7 +18,10 @@ def test_sigkilled_worker_under_migration_yields_one_complete_stream(stack_facto
     chunks = [next(stream) for _ in range(20)]
     (busy,) = [w for w in stack.health()[1]["workers"] if w["in_flight"]]
     stack.kill(busy["pid"])
-    chunks += list(stream)                       # no error: the stream continues elsewhere
+    chunks += [next(stream) for _ in range(30)]  # no error: the stream continues elsewhere
+    # mid-stream on the survivor, its booking already released the continuation's prefill load
+    assert prefill_tokens_booked(stack) == 0
+    chunks += list(stream)
     finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
     assert finishes == ["length"]
     assert chunks[-1].usage.completion_tokens == 300
@@ -47,3 +50,8 @@ def test_without_migration_the_stream_fails(stack_factory):
         assert "worker" in str(exc)
     else:
         raise AssertionError("the stream should have failed")
+
+
+def prefill_tokens_booked(stack) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in stack.metrics().splitlines()
+               if line.startswith("rotor_frontend_worker_active_prefill_tokens{"))
