@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -71,6 +72,7 @@ class MockEngine:
         self._script = script
         self._live: dict[str, _Live] = {}
         self._finished: list[Finished] = []       # finished while add/abort caught the core up
+        self._ready: deque[EngineStep] = deque()  # collected frames not yet handed out
         self._wake = asyncio.Event()
 
     async def start(self) -> None:
@@ -94,18 +96,21 @@ class MockEngine:
     def abort(self, request_id: str) -> None:
         if self._live.pop(request_id, None) is None:
             return
+        for step in self._ready:                  # no output follows an abort
+            step.outputs = [o for o in step.outputs if o.request_id != request_id]
         self._catch_up()
         self._core.abort(request_id)
         self._wake.set()
 
     async def step(self) -> EngineStep:
-        while True:
+        while not self._ready:
             self._catch_up()
-            step = self._collect()
-            if step.outputs or step.kv_events:
-                return step
+            self._ready.extend(self._collect())
+            if self._ready:
+                break
             self._wake.clear()
             await self._clock.wait(self._core.next_event_time(), self._wake)
+        return self._ready.popleft()
 
     def stats(self) -> dict[str, Any]:
         return {}
@@ -119,24 +124,37 @@ class MockEngine:
         step: StepOutput = self._core.advance_until(self._clock.now_ms())
         self._finished += step.finished
 
-    def _collect(self) -> EngineStep:
+    def _collect(self) -> list[EngineStep]:
+        """What the core produced since the last call, one EngineStep per token position: each
+        pass gives every running request one token, so a driver that fell behind the core (high
+        speedup ratios) still hands the worker one frame per pass, and clients stream per token."""
         finished = {f.request_id: f for f in self._finished}
         self._finished = []
-        outputs = []
+        steps: list[list[RequestOutput]] = []
         for request_id, live in list(self._live.items()):
             done = finished.get(request_id)
             ids = done.output_ids if done is not None else self._core.emitted(request_id)
             visible = len(ids) if live.reply is None else min(len(ids), len(live.reply.text_ids))
             if visible == live.sent and done is None:
                 continue
-            output = RequestOutput(request_id, live.sent, ids[live.sent:visible].tolist())
+            pieces = [RequestOutput(request_id, live.sent + i, [token])
+                      for i, token in enumerate(ids[live.sent:visible].tolist())]
+            if not pieces:                      # finished with nothing new to show
+                pieces = [RequestOutput(request_id, live.sent, [])]
             live.sent = visible
             if done is not None:
                 del self._live[request_id]
-                self._finish(output, done, live)
-            outputs.append(output)
+                self._finish(pieces[-1], done, live)
+            for position, piece in enumerate(pieces):
+                if position == len(steps):
+                    steps.append([])
+                steps[position].append(piece)
         events = [event for batch in self._core.take_events() for event in batch.events]
-        return EngineStep(outputs, events)
+        if not steps and not events:
+            return []
+        collected = [EngineStep(outputs) for outputs in steps] or [EngineStep([])]
+        collected[0].kv_events = events
+        return collected
 
     @staticmethod
     def _finish(output: RequestOutput, done: Finished, live: _Live) -> None:

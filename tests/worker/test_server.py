@@ -137,3 +137,33 @@ def test_sigterm_removes_the_record(worker):
     proc.wait(timeout=10)
     assert proc.returncode == 0
     assert FileDiscovery(stack.namespace).scan() == {}
+
+
+def test_a_fast_engine_still_streams_one_token_per_frame(stack_factory):
+    """At speedup 1000 passes end faster than the driver wakes; frames stay one per pass."""
+    stack = stack_factory()
+    proc = stack.start_worker("--speedup-ratio", "1000")
+    discovery = FileDiscovery(stack.namespace)
+    deadline = time.monotonic() + 20
+    while not (records := discovery.scan()):
+        assert proc.poll() is None and time.monotonic() < deadline, stack.logs()
+        time.sleep(0.05)
+    (record,) = records.values()
+    ctx = zmq.Context()
+    dealer = ctx.socket(zmq.DEALER)
+    dealer.setsockopt(zmq.LINGER, 0)
+    dealer.setsockopt(zmq.RCVTIMEO, 5000)
+    dealer.connect(record.request_endpoint)
+    try:
+        ids = {"a", "b", "c"}
+        for rid in sorted(ids):
+            dealer.send(protocol.generate_message(record.worker_id, request(rid, max_tokens=40)))
+        frames = receive_until_finished(dealer, ids)
+        outputs = [o for frame in frames for o in frame]
+        assert all(len(o.token_ids) <= 1 for o in outputs)
+        for rid in ids:
+            assert sum(len(o.token_ids) for o in outputs if o.request_id == rid) == 40
+        assert len(frames) >= 40
+    finally:
+        dealer.close()
+        ctx.term()
