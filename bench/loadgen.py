@@ -175,7 +175,7 @@ async def run(args: argparse.Namespace) -> dict:
     return report
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench.loadgen", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", default="http://127.0.0.1:8000", help="server base URL")
@@ -198,7 +198,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="report the CPU time of processes whose command line contains "
                              "SUBSTRING, under NAME (repeatable)")
     parser.add_argument("--output", default="bench/results/loadgen.json", help="JSON report path")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     report = asyncio.run(run(args))
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(report, indent=2) + "\n")

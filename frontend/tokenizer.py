@@ -17,10 +17,12 @@ Nothing is downloaded: a name like ``org/model`` is only looked up in the local 
 from __future__ import annotations
 
 import codecs
+import re
 import hashlib
 import importlib.resources
 import json
 import os
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -246,6 +248,55 @@ class WindowDetokenizer:
 # --- the tokenizer ------------------------------------------------------------------------------
 
 
+def splits_exactly(tokenizer_json: bytes, added: Mapping[int, Any]) -> bool:
+    """Whether encoding a text piece by piece between its added tokens gives exactly the ids of
+    encoding it whole. True when added tokens are matched on the raw text and nothing couples
+    neighbouring pieces: no normalizer, a byte-level pre-tokenizer without a prefix space, and
+    added tokens without strip or word-boundary rules. The check is strict; anything else encodes
+    whole."""
+    spec = json.loads(tokenizer_json)
+    pre = spec.get("pre_tokenizer") or {}
+    return (spec.get("normalizer") is None
+            and pre.get("type") == "ByteLevel" and not pre.get("add_prefix_space", True)
+            and all(not (t.lstrip or t.rstrip or t.single_word or t.normalized)
+                    for t in added.values()))
+
+
+class SegmentEncoder:
+    """Encodes a text piece by piece between added tokens (`<|im_start|>`, ...), caching pieces.
+
+    A chat prompt repeats most of itself across requests: system prompt, tool list, earlier
+    turns. Added tokens split the input before the model runs, so each piece encodes the same on
+    its own, and a repeated one is looked up instead of encoded again (the frontend's largest
+    per-request cost before this). Only built where `splits_exactly` holds."""
+
+    def __init__(self, tokenizer: tokenizers.Tokenizer, added: Mapping[str, int],
+                 max_pieces: int = 4096):
+        self._tok = tokenizer
+        self._added = dict(added)
+        longest_first = sorted(added, key=len, reverse=True)   # leftmost-longest, as tokenizers
+        self._split = re.compile("(" + "|".join(map(re.escape, longest_first)) + ")")
+        self._cache: OrderedDict[str, list[int]] = OrderedDict()   # piece -> ids, LRU
+        self._max = max_pieces
+
+    def encode(self, text: str) -> list[int]:
+        ids: list[int] = []
+        for index, piece in enumerate(self._split.split(text)):
+            if index % 2:                                 # an added token
+                ids.append(self._added[piece])
+            elif piece:
+                cached = self._cache.get(piece)
+                if cached is None:
+                    cached = self._tok.encode(piece, add_special_tokens=False).ids
+                    self._cache[piece] = cached
+                    if len(self._cache) > self._max:
+                        self._cache.popitem(last=False)
+                else:
+                    self._cache.move_to_end(piece)
+                ids.extend(cached)
+        return ids
+
+
 class Tokenizer:
     """A loaded model folder: the BPE, the compiled chat template(s), special tokens, context length."""
 
@@ -280,6 +331,8 @@ class Tokenizer:
 
         added = tokenizer.get_added_tokens_decoder()
         self._special_ids = frozenset(i for i, t in added.items() if t.special)
+        self._segments = (SegmentEncoder(tokenizer, {t.content: i for i, t in added.items()})
+                          if splits_exactly(tokenizer_json, added) else None)
         self._token_bytes = _byte_level_table(tokenizer) if isinstance(tokenizer.decoder, hf_decoders.ByteLevel) else None
 
     @classmethod
@@ -373,7 +426,10 @@ class Tokenizer:
     def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
         """Token ids of `text`. Special-token strings in the text (e.g. from a chat template)
         become their single ids. add_special_tokens applies tokenizer.json's post-processor
-        (for the shipped model it adds nothing)."""
+        (for the shipped model it adds nothing). Pieces between added tokens are cached when
+        that is exact for this tokenizer (see SegmentEncoder)."""
+        if self._segments is not None and not add_special_tokens:
+            return self._segments.encode(text)
         return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
 
     def encode_batch(self, texts: Sequence[str], add_special_tokens: bool = False) -> list[list[int]]:

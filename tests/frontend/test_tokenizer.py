@@ -495,3 +495,39 @@ def test_window_detokenizer_for_a_sentencepiece_style_model(tmp_path):
         ids = tok.encode(text) + [1]
         for _ in range(5):
             assert _stream(tok.detokenizer(), ids, rng) == tok.decode(ids)
+
+
+# --- piecewise encoding (SegmentEncoder) ------------------------------------------------------
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+ADDED = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<tool_call>", "</tool_call>",
+         "<tool_response>", "</tool_response>"]
+PIECES = st.one_of(st.sampled_from(ADDED), st.text(max_size=40),
+                   st.sampled_from(["\n", " ", "  ", "<|im", "_end|>", "<tool", "é", "🙂", "\t\n"]))
+
+
+SHIPPED_TOKENIZER = Tokenizer.load(None)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(parts=st.lists(PIECES, max_size=12))
+def test_piecewise_encoding_equals_whole_encoding(parts):
+    tokenizer = SHIPPED_TOKENIZER
+    assert tokenizer._segments is not None          # the shipped tokenizer qualifies
+    text = "".join(parts)
+    whole = tokenizer._tok.encode(text, add_special_tokens=False).ids
+    assert tokenizer.encode(text) == whole
+    assert tokenizer.encode(text) == whole           # and again, from the cache
+
+
+def test_piecewise_encoding_on_rendered_chats_and_its_cache():
+    tokenizer = Tokenizer.load(None)
+    system = {"role": "system", "content": "You are a careful agent. " * 50}
+    for i in range(20):
+        text = tokenizer.apply_chat_template(
+            [system, {"role": "user", "content": f"task {i}: fix the bug in module_{i}.py"}],
+            tools=[{"type": "function", "function": {"name": "bash", "parameters": {}}}])
+        assert tokenizer.encode(text) == tokenizer._tok.encode(text, add_special_tokens=False).ids
+    assert system["content"] in tokenizer._segments._cache or any(
+        system["content"] in piece for piece in tokenizer._segments._cache)
