@@ -4,6 +4,9 @@ engine flags (DESIGN.md §9).
 Every worker is its own process (its own request and event sockets, its own discovery record). The
 launcher stops them all on SIGINT/SIGTERM, and when any of them exits (then exiting non-zero itself).
 Workers die with the launcher even if it is killed outright (Linux parent-death signal).
+
+`python -m mocker --serve-openai ...` instead runs one mock engine behind an engine-compatible OpenAI
+server (mocker/serve_openai.py), the stand-in the vLLM and SGLang adapters are tested against.
 """
 
 from __future__ import annotations
@@ -40,6 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="name the model is served under (default: the model folder's name)")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address the workers' sockets bind to (default: 127.0.0.1)")
+    parser.add_argument("--serve-openai", action="store_true",
+                        help="instead of workers, run ONE mock engine behind an engine-compatible "
+                             "OpenAI server (vLLM's endpoints, SGLang's /generate) publishing KV "
+                             "events in vLLM's wire format, for testing the vLLM and SGLang worker "
+                             "adapters; see `python -m mocker --serve-openai --help` for its flags")
     MockEngineArgs.add_arguments(parser.add_argument_group("engine options (every worker)"))
     return parser
 
@@ -56,6 +64,10 @@ def worker_command(ns: argparse.Namespace, engine: MockEngineArgs) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--serve-openai" in argv:
+        from mocker import serve_openai
+        return serve_openai.main([a for a in argv if a != "--serve-openai"])
     parser = build_parser()
     ns = parser.parse_args(argv)
     try:
