@@ -170,9 +170,12 @@ class TextStream:
     async def next(self) -> tuple[str, list[dict[str, Any]] | None]:
         """The next piece of text and tool-call deltas; sets finish_reason at the end."""
         outputs = await self.run.next_outputs()
-        ids = [t for o in outputs for t in o.token_ids]
         deltas = [d for o in outputs if o.tool_call_deltas for d in o.tool_call_deltas] or None
-        text = self.pending + self.detokenizer.push(ids)
+        if any(o.text is not None for o in outputs):   # the engine parsed its own output
+            new = "".join(o.text or "" for o in outputs)
+        else:
+            new = self.detokenizer.push([t for o in outputs for t in o.token_ids])
+        text = self.pending + new
         if self.run.finish_reason is not None:
             text += self.detokenizer.flush()
             self.finish_reason = self.run.finish_reason

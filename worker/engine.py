@@ -76,6 +76,10 @@ class RequestOutput:
     tool_call_deltas: list[dict[str, Any]] | None = None
     timings: Timings | None = None     # set on the last output only
     error: str | None = None           # with finish_reason "error"
+    # The engine's own text for these tokens, from engines that parse their output (tool calls,
+    # reasoning): shown instead of detokenizing token_ids, so parsed tool-call text is not
+    # streamed as content too. None: the frontend detokenizes.
+    text: str | None = None
 
 
 @dataclass(slots=True)

@@ -10,7 +10,8 @@ and rejects messages meant for its predecessor):
 
 worker -> frontend, one frame per engine pass with every request of that frontend that advanced:
     {"type": "outputs", "worker_id", "outputs": [[request_id, first_index, token_ids,
-                                                   finish_reason, tool_call_deltas, timings, error]]}
+                                                   finish_reason, tool_call_deltas, timings, error,
+                                                   text]]}
     {"type": "pong",    "worker_id"}
     {"type": "kv_reply", "worker_id", "reply": {kind: range|dump, ...}}  (router/kv_sync.py)
 """
@@ -104,11 +105,11 @@ def pong_message(worker_id: int) -> bytes:
 def outputs_message(worker_id: int, outputs: list[RequestOutput]) -> bytes:
     return pack({"type": "outputs", "worker_id": worker_id, "outputs": [
         [o.request_id, o.first_index, o.token_ids, o.finish_reason, o.tool_call_deltas,
-         o.timings.to_wire() if o.timings else None, o.error] for o in outputs]})
+         o.timings.to_wire() if o.timings else None, o.error, o.text] for o in outputs]})
 
 
 def outputs_from_message(message: dict[str, Any]) -> list[RequestOutput]:
     return [RequestOutput(request_id, first_index, token_ids, finish_reason, deltas,
-                          Timings.from_wire(timings) if timings else None, error)
-            for request_id, first_index, token_ids, finish_reason, deltas, timings, error
+                          Timings.from_wire(timings) if timings else None, error, text)
+            for request_id, first_index, token_ids, finish_reason, deltas, timings, error, text
             in message["outputs"]]

@@ -112,6 +112,7 @@ class ParsedChunk:
     prompt_token_ids: list[int] | None = None
     cached_tokens: int | None = None
     error: str | None = None
+    text: str | None = None           # the engine's text for token_ids (chat: after its parsers)
 
 
 class EngineFlavor(Protocol):
@@ -421,6 +422,8 @@ class SubprocessEngine:
                 inflight.first_token_at = time.monotonic()
             out = self._output(inflight)
             out.token_ids.extend(parsed.token_ids)
+            if parsed.text is not None:
+                out.text = (out.text or "") + parsed.text
             inflight.emitted += len(parsed.token_ids)
             if parsed.tool_call_deltas:
                 out.tool_call_deltas = (out.tool_call_deltas or []) + parsed.tool_call_deltas

@@ -120,9 +120,11 @@ class VllmFlavor:
             if choice.get("prompt_token_ids") is not None:   # completions: in the choice
                 parsed.prompt_token_ids = list(choice["prompt_token_ids"])
             parsed.token_ids.extend(choice.get("token_ids") or ())
-            calls = (choice.get("delta") or {}).get("tool_calls")
-            if calls:
-                parsed.tool_call_deltas = list(calls)
+            delta = choice.get("delta")
+            if delta is not None:     # chat: the text after vLLM's tool and reasoning parsers
+                parsed.text = (parsed.text or "") + (delta.get("content") or "")
+                if delta.get("tool_calls"):
+                    parsed.tool_call_deltas = list(delta["tool_calls"])
             if choice.get("finish_reason"):
                 parsed.finish_reason = choice["finish_reason"]
         usage = chunk.get("usage")

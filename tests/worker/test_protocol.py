@@ -44,3 +44,9 @@ def test_malformed_frames_raise_value_error(frame):
 def test_bad_generate_fields_are_named(fields, match):
     with pytest.raises(ValueError, match=match):
         protocol.request_from_message({"type": "generate", "request": fields}, 0.0)
+
+
+def test_engine_text_travels_with_its_tokens():
+    output = RequestOutput("r", 4, [11, 12], text="hel", tool_call_deltas=[{"index": 0}])
+    (decoded,) = protocol.outputs_from_message(protocol.unpack(protocol.outputs_message(1, [output])))
+    assert decoded == output and decoded.text == "hel"
