@@ -242,6 +242,8 @@ def _optional(body: dict[str, Any], name: str, kind: type) -> Any:
         return float(value)
     if kind is int and isinstance(value, bool) or not isinstance(value, kind):
         raise invalid(name, f"'{name}' must be {_KIND_NAMES[kind]}")
+    if kind is int and not -2**63 <= value < 2**64:      # what travels to workers: 64 bits
+        raise invalid(name, f"'{name}' is out of range (64-bit integers)")
     return value
 
 
