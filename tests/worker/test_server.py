@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import msgpack
@@ -16,8 +17,14 @@ from worker.engine import EngineRequest
 
 @pytest.fixture
 def worker(stack_factory):
-    stack = stack_factory()
-    proc = stack.start_worker()
+    with connected_worker(stack_factory()) as connected:
+        yield connected
+
+
+@contextlib.contextmanager
+def connected_worker(stack, *flags: str):
+    """Start a worker, wait for its discovery record, connect a raw DEALER to it."""
+    proc = stack.start_worker(*flags)
     discovery = FileDiscovery(stack.namespace)
     deadline = time.monotonic() + 20
     while not (records := discovery.scan()):
@@ -29,9 +36,11 @@ def worker(stack_factory):
     dealer.setsockopt(zmq.LINGER, 0)
     dealer.setsockopt(zmq.RCVTIMEO, 5000)
     dealer.connect(record.request_endpoint)
-    yield record, dealer, ctx, stack
-    dealer.close()
-    ctx.term()
+    try:
+        yield record, dealer, ctx, stack
+    finally:
+        dealer.close()
+        ctx.term()
 
 
 def request(request_id: str, max_tokens: int = 4, prompt_len: int = 10) -> EngineRequest:
@@ -141,29 +150,13 @@ def test_sigterm_removes_the_record(worker):
 
 def test_a_fast_engine_still_streams_one_token_per_frame(stack_factory):
     """At speedup 1000 passes end faster than the driver wakes; frames stay one per pass."""
-    stack = stack_factory()
-    proc = stack.start_worker("--speedup-ratio", "1000")
-    discovery = FileDiscovery(stack.namespace)
-    deadline = time.monotonic() + 20
-    while not (records := discovery.scan()):
-        assert proc.poll() is None and time.monotonic() < deadline, stack.logs()
-        time.sleep(0.05)
-    (record,) = records.values()
-    ctx = zmq.Context()
-    dealer = ctx.socket(zmq.DEALER)
-    dealer.setsockopt(zmq.LINGER, 0)
-    dealer.setsockopt(zmq.RCVTIMEO, 5000)
-    dealer.connect(record.request_endpoint)
-    try:
+    with connected_worker(stack_factory(), "--speedup-ratio", "1000") as (record, dealer, _, _):
         ids = {"a", "b", "c"}
         for rid in sorted(ids):
             dealer.send(protocol.generate_message(record.worker_id, request(rid, max_tokens=40)))
         frames = receive_until_finished(dealer, ids)
-        outputs = [o for frame in frames for o in frame]
-        assert all(len(o.token_ids) <= 1 for o in outputs)
-        for rid in ids:
-            assert sum(len(o.token_ids) for o in outputs if o.request_id == rid) == 40
-        assert len(frames) >= 40
-    finally:
-        dealer.close()
-        ctx.term()
+    outputs = [o for frame in frames for o in frame]
+    assert all(len(o.token_ids) <= 1 for o in outputs)
+    for rid in ids:
+        assert sum(len(o.token_ids) for o in outputs if o.request_id == rid) == 40
+    assert len(frames) >= 40
