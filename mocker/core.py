@@ -171,6 +171,7 @@ class EngineCore:
         self._last: list[int] = []           # decoding: pass at whose end its last token comes
         self._table: list[list[int]] = []    # block table: ceil(_comp / block_size) blocks
         self._hashes: list[list[int]] = []   # sequence hashes of its full blocks known so far
+        self._locals: list[list[int]] = []   # and their local hashes
         self._order: list[int] = []          # admission number (running order)
         self._epoch: list[int] = []
         self._preemptions: list[int] = []
@@ -221,6 +222,7 @@ class EngineCore:
         self._base[s] = -1
         self._table[s] = []
         self._hashes[s] = list(prompt.sequence_hashes)
+        self._locals[s] = list(prompt.local_hashes)
         self._policy.push(s, request.priority, self._arrival_seq[s])
 
     def abort(self, request_id: str) -> None:
@@ -421,14 +423,16 @@ class EngineCore:
         """Blocks [lo, hi) of slot `s` just became full."""
         if lo >= hi or not self.pool.prefix_caching:
             return
-        hashes, bs = self._hashes[s], self.block_size
+        hashes, locals_, bs = self._hashes[s], self._locals[s], self.block_size
         tokens = self._tokens(s, lo * bs, hi * bs)
         if len(hashes) < hi:                             # blocks holding generated tokens
             parent = hashes[-1] if hashes else None
             for local in local_hashes(tokens[(len(hashes) - lo) * bs:], bs, self._prompt[s].seed):
                 parent = local if parent is None else chain_hash(parent, local)
                 hashes.append(parent)
-        self.pool.store(self._table[s], lo, hashes[lo:hi], hashes[lo - 1] if lo else None, tokens)
+                locals_.append(local)
+        self.pool.store(self._table[s], lo, hashes[lo:hi], hashes[lo - 1] if lo else None, tokens,
+                        locals_[lo:hi])
 
     def _tokens(self, s: int, lo: int, hi: int) -> Sequence[int]:
         """Tokens [lo, hi) of slot `s`'s sequence: its prompt, then its output."""
@@ -506,14 +510,14 @@ class EngineCore:
         del self._slot_of[self._rid[s]]
         self._epoch[s] += 1
         self._prompt[s] = None  # type: ignore[call-overload]
-        self._out[s] = self._table[s] = self._hashes[s] = None  # type: ignore[assignment]
+        self._out[s] = self._table[s] = self._hashes[s] = self._locals[s] = None  # type: ignore
         self._free_slots.append(s)
 
     def _new_slot(self) -> int:
         for column in (self._rid, self._prompt, self._plen, self._limit, self._reason, self._out,
                        self._prio, self._arrival_seq, self._arrival_ms, self._start_ms,
                        self._first_ms, self._cached, self._gen, self._comp, self._base, self._last,
-                       self._table, self._hashes, self._order, self._preemptions):
+                       self._table, self._hashes, self._locals, self._order, self._preemptions):
             column.append(None)  # type: ignore[arg-type]
         self._epoch.append(0)
         return len(self._epoch) - 1

@@ -185,17 +185,18 @@ class BlockPool:
         return blocks
 
     def store(self, table: list[int], first: int, hashes: Sequence[int], parent: int | None,
-              token_ids: Sequence[int]) -> None:
+              token_ids: Sequence[int], locals_: Sequence[int]) -> None:
         """Blocks `table[first:first+len(hashes)]` just became full: publish them under `hashes`.
 
-        `parent` is the hash of the block before them (None at the start of a sequence) and
-        `token_ids` their tokens, flat. A hash that is already cached (the same block computed by
-        two requests at once) makes the request share the cached block and free its own copy, with
-        no event. Runs of new blocks become one BlockStored each, linked to their parent.
+        `parent` is the hash of the block before them (None at the start of a sequence),
+        `token_ids` their tokens, flat, and `locals_` their local hashes (router/hashing.py; the
+        relay reads them instead of hashing the tokens again). A hash that is already cached (the
+        same block computed by two requests at once) makes the request share the cached block and
+        free its own copy, with no event. Runs of new blocks become one BlockStored each, linked to
+        their parent.
         """
         if not self.prefix_caching:
             return
-        bs = self.block_size
         by_hash, block_hash = self._by_hash, self._hash
         run_start = 0
         for i, h in enumerate(hashes):
@@ -205,19 +206,20 @@ class BlockPool:
                 by_hash[h] = b
                 block_hash[b] = h
                 continue
-            self._publish(hashes, run_start, i, parent, token_ids, bs)
+            self._publish(hashes, run_start, i, parent, token_ids, locals_)
             run_start = i + 1
             self.acquire((cached,))
             table[first + i] = cached
             self.release((b,), 0)
-        self._publish(hashes, run_start, len(hashes), parent, token_ids, bs)
+        self._publish(hashes, run_start, len(hashes), parent, token_ids, locals_)
 
     def _publish(self, hashes: Sequence[int], lo: int, hi: int, parent: int | None,
-                 token_ids: Sequence[int], bs: int) -> None:
+                 token_ids: Sequence[int], locals_: Sequence[int]) -> None:
         if lo < hi:
-            tokens = token_ids[lo * bs:hi * bs]
-            self._events.append(BlockStored(list(hashes[lo:hi]), hashes[lo - 1] if lo else parent,
-                                            tokens if isinstance(tokens, list) else list(tokens), bs))
+            bs = self.block_size
+            self._events.append(BlockStored(
+                list(hashes[lo:hi]), hashes[lo - 1] if lo else parent,
+                token_ids[lo * bs:hi * bs], bs, local_hashes=list(locals_[lo:hi])))
 
     def release(self, blocks: Sequence[int], priority: int) -> None:
         """Drop one reference from each block, in the order given; blocks reaching ref 0 become

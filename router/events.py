@@ -13,11 +13,16 @@ Two KV event formats (DESIGN.md §4.3), each defined once here:
   `{worker_id, dp_rank, event_id, kind, parent_hash?, blocks?|hashes?}`, with local hashes
   recomputed by the relay (router/hashing.py) so the index navigates by hashes it can trust.
 
-In one process (replay, tests) these objects are passed as they are, never through msgpack.
+In one process (replay, tests) these objects are passed as they are, never through msgpack. There
+a `BlockStored` may hold its tokens in any sequence (the mock engine passes `array('I')` slices of
+trace prompts) and may carry the producer's `local_hashes`, computed with router/hashing.py, which
+the relay then uses instead of hashing the tokens again. Neither reaches the wire: `token_ids` is
+sent as a list, and `local_hashes` is never sent nor read from it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Union
 
@@ -36,12 +41,14 @@ DEVICE_MEDIA = frozenset({None, "GPU", "DEVICE", "gpu", "device"})
 class BlockStored:
     block_hashes: list[EngineHash]
     parent_block_hash: EngineHash | None
-    token_ids: list[int]          # all stored blocks' tokens, flat
+    token_ids: Sequence[int]      # all stored blocks' tokens, flat
     block_size: int
     lora_id: int | None = None
     medium: str | None = "GPU"
     lora_name: str | None = None
     group_idx: int | None = None  # hybrid models: which KV cache group; None means full attention
+    # in process only: the local hash of each full block, from router/hashing.py (module doc)
+    local_hashes: list[int] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(slots=True)
@@ -86,7 +93,7 @@ def decode_engine_batch(payload: bytes) -> EngineEventBatch:
 def _engine_event_to_wire(event: EngineEvent, tagged: bool) -> Any:
     if isinstance(event, BlockStored):
         fields = {"block_hashes": event.block_hashes, "parent_block_hash": event.parent_block_hash,
-                  "token_ids": event.token_ids, "block_size": event.block_size,
+                  "token_ids": list(event.token_ids), "block_size": event.block_size,
                   "lora_id": event.lora_id, "medium": event.medium, "lora_name": event.lora_name}
         kind = "BlockStored"
     elif isinstance(event, BlockRemoved):

@@ -4,8 +4,9 @@ One relay per worker (all its dp ranks). For every engine batch it
 
 * keeps only device-medium events of the full-attention group (`group_idx` None or 0);
 * recomputes each stored block's local hash from its token ids (router/hashing.py), so the router
-  navigates by hashes it can trust, and drops partial blocks (a trailing hash whose tokens do not
-  fill `kv_block_size`);
+  navigates by hashes it can trust (an in-process engine that hashed with router/hashing.py hands
+  them over in `BlockStored.local_hashes`; nothing from the wire does), and drops partial blocks
+  (a trailing hash whose tokens do not fill `kv_block_size`);
 * reference-counts hashes per rank: a block stored twice is stored twice, but its removal is
   forwarded only when the count reaches 0; `AllBlocksCleared` resets the rank;
 * numbers the router events it emits 1, 2, 3, ... and keeps the last `ring_size` (1024) of them,
@@ -89,7 +90,10 @@ class KvRelay:
         if len(set(hashes)) != len(hashes) or event.parent_block_hash in hashes:
             self.dropped["invalid"] += 1
             return None
-        locals_ = local_hashes(event.token_ids[:len(hashes) * bs], bs, lora_seed(event.lora_name))
+        locals_ = event.local_hashes
+        if locals_ is None:
+            locals_ = local_hashes(event.token_ids[:len(hashes) * bs], bs,
+                                   lora_seed(event.lora_name))
         parent = event.parent_block_hash
         for engine_hash, local in zip(hashes, locals_):
             rank.refcount[engine_hash] = rank.refcount.get(engine_hash, 0) + 1

@@ -173,8 +173,9 @@ class ReferenceEngine:
                 j = len(r.hashes)
                 (local,) = local_hashes(r.tokens(j * bs, (j + 1) * bs), bs)
                 r.hashes.append(chain_hash(r.hashes[-1], local) if r.hashes else local)
-            self.pool.store(r.table, lo, r.hashes[lo:hi], r.hashes[lo - 1] if lo else None,
-                            r.tokens(lo * bs, hi * bs))
+            tokens = r.tokens(lo * bs, hi * bs)
+            self.pool.store(r.table, lo, r.hashes[lo:hi], r.hashes[lo - 1] if lo else None, tokens,
+                            local_hashes(tokens, bs))
         r.comp += n
 
     def _end_pass(self, end: float, emitting: list, out: StepOutput) -> None:

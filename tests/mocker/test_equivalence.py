@@ -10,6 +10,8 @@ from dataclasses import dataclass
 import pytest
 
 from mocker.core import CoreRequest, EngineCore
+from router.events import BlockStored
+from router.hashing import local_hashes
 from tests.mocker.mock_factories import make_args
 from tests.mocker.reference import ReferenceEngine
 
@@ -100,6 +102,10 @@ def test_bulk_stepwise_and_reference_agree(seed):
     assert bulk == stepwise
     assert bulk == reference
     firsts, finished, events, active = bulk
+    for _, batch in events:            # the local hashes handed to the relay are the tokens' own
+        for e in batch:
+            if isinstance(e, BlockStored):
+                assert e.local_hashes == local_hashes(e.token_ids, args.block_size)
     assert active == 0                                    # nothing leaked
     aborted = {op.abort for op in ops if op.abort}
     assert {f[0] for f in finished} | aborted >= {op.request.request_id for op in ops if op.request}

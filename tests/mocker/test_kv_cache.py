@@ -9,7 +9,8 @@ from router.events import BlockRemoved, BlockStored
 
 
 def stored(pool: BlockPool, table: list[int], hashes: list[int], parent=None) -> None:
-    pool.store(table, 0, hashes, parent, [h for h in hashes for _ in range(pool.block_size)])
+    pool.store(table, 0, hashes, parent, [h for h in hashes for _ in range(pool.block_size)],
+               [h + 1000 for h in hashes])
 
 
 def test_allocation_takes_empty_blocks_in_order_and_freed_partial_blocks_go_last():
@@ -37,9 +38,11 @@ def test_a_block_computed_twice_collapses_onto_the_cached_copy_without_an_event(
     stored(pool, first, [11, 12])
     pool.take_events()
     second = pool.allocate(3)                           # [2, 3, 4]: computed 11 again, then 21, 22
-    pool.store(second, 0, [11, 21, 22], None, [1, 1, 2, 2, 3, 3])
+    pool.store(second, 0, [11, 21, 22], None, [1, 1, 2, 2, 3, 3], [101, 102, 103])
     assert second == [0, 3, 4]
-    assert pool.take_events() == [BlockStored([21, 22], 11, [2, 2, 3, 3], 2)]
+    (event,) = pool.take_events()
+    assert event == BlockStored([21, 22], 11, [2, 2, 3, 3], 2)
+    assert event.local_hashes == [102, 103]                      # the run's own local hashes
     assert pool.num_active == 4 and pool.allocate(1) == [5]      # block 2 went back to empty...
     assert pool.allocate(5) == [6, 7, 8, 9, 2]                   # ...at the back of the queue
 
