@@ -541,9 +541,14 @@ class EngineCore:
 def generated_ids(request_id: str, n: int, seed: int = 0) -> np.ndarray:
     """`n` token ids in OUTPUT_ID_RANGE, a fixed function of (request_id, seed): the high bits of a
     multiplicative (Fibonacci) hash of a per-request counter."""
-    lo, hi = OUTPUT_ID_RANGE
     x = np.arange(n, dtype=np.uint64)
     x += np.uint64(xxhash.xxh3_64_intdigest(request_id.encode(), seed))
-    x *= np.uint64(0x9E3779B97F4A7C15)
-    x >>= np.uint64(40)
-    return (x % np.uint64(hi - lo)).astype(np.int64) + lo
+    x *= _FIBONACCI
+    x >>= _SHIFT
+    x %= _SPAN
+    x += _LOW
+    return x.view(np.int64)       # every value is below 2^63: the same numbers
+
+
+_FIBONACCI, _SHIFT = np.uint64(0x9E3779B97F4A7C15), np.uint64(40)
+_SPAN, _LOW = np.uint64(OUTPUT_ID_RANGE[1] - OUTPUT_ID_RANGE[0]), np.uint64(OUTPUT_ID_RANGE[0])

@@ -257,6 +257,9 @@ class Router:
         if stream is None or not self._knows(event):
             self.metrics.events[event.kind, "unknown_worker"] += 1
             return None
+        if stream.in_order(event):
+            self._apply(event)
+            return None
         if stream.is_duplicate(event):
             self.metrics.events[event.kind, "duplicate"] += 1
             return None
@@ -302,7 +305,7 @@ class Router:
         else:
             self.index.clear(key)
             status = ApplyStatus.OK
-        self.metrics.events[event.kind, status.value] += 1
+        self.metrics.events[event.kind, status] += 1
 
     def _knows(self, event: RouterEvent) -> bool:
         info = self._workers.get(event.worker_id)

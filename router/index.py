@@ -31,8 +31,9 @@ from router.events import EngineHash
 WorkerKey = tuple[int, int]  # (worker_id, dp_rank)
 
 
-class ApplyStatus(enum.Enum):
-    """Outcome of applying one KV event (the `status` label of Dynamo's events-applied counter)."""
+class ApplyStatus(enum.StrEnum):
+    """Outcome of applying one KV event (the `status` label of Dynamo's events-applied counter;
+    each member is that label string)."""
 
     OK = "ok"
     PARENT_BLOCK_NOT_FOUND = "parent_block_not_found"  # whole stored event rejected
@@ -135,7 +136,10 @@ class KvIndex:
             node = lookup.get(parent_hash)
             if node is None:
                 return ApplyStatus.PARENT_BLOCK_NOT_FOUND
-        if len(blocks) > 1 or parent_hash is not None:
+        if len(blocks) == 1:
+            if blocks[0][0] == parent_hash:
+                return ApplyStatus.INVALID_BLOCK
+        elif blocks:
             hashes = {h for h, _ in blocks}
             if len(hashes) != len(blocks) or parent_hash in hashes:
                 return ApplyStatus.INVALID_BLOCK

@@ -97,6 +97,14 @@ class EventStream:
         self.awaiting: KvQuery | None = KvQuery(worker_id, None)  # starts with a dump
         self.query_sent_at = now
 
+    def in_order(self, event: RouterEvent) -> bool:
+        """The common case: `event` is the next one and nothing is buffered or awaited. Then the
+        cursor moves past it and the caller applies it; otherwise nothing changes (use `offer`)."""
+        if event.event_id == self.cursor + 1 and self.awaiting is None and not self.pending:
+            self.cursor += 1
+            return True
+        return False
+
     def offer(self, event: RouterEvent, now: float) -> tuple[list[RouterEvent], KvQuery | None]:
         """Events now ready to apply in order (possibly none), and a query to send (or None).
 

@@ -87,20 +87,22 @@ class KvRelay:
         if not hashes:
             self.dropped["empty"] += 1
             return None
-        if len(set(hashes)) != len(hashes) or event.parent_block_hash in hashes:
+        parent = event.parent_block_hash
+        if (parent in hashes if len(hashes) == 1
+                else len(set(hashes)) != len(hashes) or parent in hashes):
             self.dropped["invalid"] += 1
             return None
         locals_ = event.local_hashes
         if locals_ is None:
             locals_ = local_hashes(event.token_ids[:len(hashes) * bs], bs,
                                    lora_seed(event.lora_name))
-        parent = event.parent_block_hash
-        for engine_hash, local in zip(hashes, locals_):
-            rank.refcount[engine_hash] = rank.refcount.get(engine_hash, 0) + 1
-            rank.blocks[engine_hash] = (parent, local)
+        blocks = list(zip(hashes, locals_))
+        refcount, held = rank.refcount, rank.blocks
+        for engine_hash, local in blocks:
+            refcount[engine_hash] = refcount.get(engine_hash, 0) + 1
+            held[engine_hash] = (parent, local)
             parent = engine_hash
-        return self._emit(dp_rank, "stored", parent_hash=event.parent_block_hash,
-                          blocks=list(zip(hashes, locals_)))
+        return self._emit(dp_rank, "stored", parent_hash=event.parent_block_hash, blocks=blocks)
 
     def _removed(self, rank: _RankState, dp_rank: int, event: BlockRemoved) -> RouterEvent | None:
         gone = []
