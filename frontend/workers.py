@@ -10,12 +10,18 @@ event-plane subscription (DESIGN.md §2).
 
 A worker whose KV block size or tokenizer differs from its model's other workers is refused, and
 the reason is kept for /health.
+
+A worker leaves when its record leaves discovery: at once if its request-plane connection is down
+(a clean exit, a crash), but only after `MISSING_GRACE_S` while the connection is still up. A
+record goes stale when its process cannot write the heartbeat for 5 s, which a live worker
+starved of CPU on a loaded machine does; its connection's own heartbeats tell the truth sooner.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -37,6 +43,7 @@ from worker.engine import EngineRequest, RequestOutput
 log = logging.getLogger("rotor.frontend")
 
 DISCOVERY_POLL_S = 0.25
+MISSING_GRACE_S = 30.0     # a connected worker whose record is gone or stale stays this long
 CONNECT_TIMEOUT_S = 2.0
 
 
@@ -267,6 +274,7 @@ class WorkerPool:
         self.clients: dict[int, WorkerClient] = {}
         self.models: dict[str, Model] = {}
         self.refused: dict[int, str] = {}      # worker_id -> why it was refused
+        self._missing_since: dict[int, float] = {}  # connected, but not in discovery since
         self._sub = self.ctx.socket(zmq.SUB)
         self._sub.setsockopt(zmq.LINGER, 0)
         self._sub.setsockopt(zmq.SUBSCRIBE, b"load")
@@ -294,8 +302,20 @@ class WorkerPool:
 
     async def sync(self, records: dict[int, WorkerRecord]) -> None:
         """Apply one discovery scan: add new workers, drop vanished ones."""
+        now = time.monotonic()
         for worker_id in [w for w in self.clients if w not in records]:
+            if self.clients[worker_id].connected:
+                since = self._missing_since.setdefault(worker_id, now)
+                if since == now:
+                    log.warning("worker %d: its discovery record is stale or gone but its "
+                                "connection is up; keeping it up to %.0f s", worker_id,
+                                MISSING_GRACE_S)
+                if now - since < MISSING_GRACE_S:
+                    continue
             await self._remove(worker_id, "worker left discovery")
+        for worker_id in [w for w in self._missing_since if w in records or
+                          w not in self.clients]:
+            del self._missing_since[worker_id]
         for worker_id in [w for w in self.refused if w not in records]:
             del self.refused[worker_id]
         for worker_id, record in records.items():

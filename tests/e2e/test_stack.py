@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import openai
 import pytest
 
+from router.discovery import namespace_dir
 from tests.conftest import http_json
 
 
@@ -144,3 +146,25 @@ def test_sigkilled_worker_fails_its_stream_fast_and_others_continue(stack):
             extra_body={"nvext": {"extra_fields": ["worker_id"]}})
         assert served_by(response) in survivor
     stack.wait_for_workers(1, timeout=10)   # discovery drops the dead worker's stale record
+
+
+def test_a_connected_worker_whose_record_goes_stale_stays_and_a_dead_one_leaves(stack):
+    """A live worker starved of CPU can miss its discovery heartbeats (two vLLM engines on two
+    cores once stalled one for ~5 s); while its connection is up the frontend keeps it."""
+    records = sorted(namespace_dir(stack.namespace).glob("*.json"))
+    assert len(records) == 2
+    stale_id = int(records[0].stem)
+    age_until = time.monotonic() + 2.5      # ten frontend scans see the record > 5 s old
+    while time.monotonic() < age_until:
+        try:
+            os.utime(records[0], (time.time() - 60, time.time() - 60))
+        except FileNotFoundError:
+            pass                            # the heartbeat is replacing it this instant
+        time.sleep(0.02)
+    ids = {w["worker_id"] for w in stack.health()[1]["workers"]}
+    assert stale_id in ids and len(ids) == 2
+    assert "record is stale or gone but its connection is up" in stack.logs()
+    pid = next(w["pid"] for w in stack.health()[1]["workers"] if w["worker_id"] == stale_id)
+    stack.kill(pid)                         # its connection drops, its record goes stale
+    body = stack.wait_for_workers(1, timeout=10)
+    assert stale_id not in {w["worker_id"] for w in body["workers"]}
