@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterable
 from pathlib import Path
 
 import msgpack
@@ -303,19 +304,26 @@ def _shim(tmp_path: Path, *extra: str) -> str:
     return str(path)
 
 
-async def _drive(engine: SubprocessEngine, requests: list[EngineRequest], want_kv: int = 1):
+async def _drive(engine: SubprocessEngine, requests: list[EngineRequest],
+                 want_stored: Iterable[int] = ()):
+    """Run `requests` to their end, and on until KV events have stored every token id in
+    `want_stored` (events can trail the outputs they belong to); bounded by 15 s."""
     outputs: dict[str, list] = {r.request_id: [] for r in requests}
     finish: dict[str, str] = {}
     kv = []
+    missing = set(want_stored)
     for r in requests:
         engine.add(r)
     deadline = time.monotonic() + 15
-    while (len(finish) < len(requests) or len(kv) < want_kv) and time.monotonic() < deadline:
+    while (len(finish) < len(requests) or missing) and time.monotonic() < deadline:
         try:
             step = await asyncio.wait_for(engine.step(), 1)
         except asyncio.TimeoutError:
             continue
         kv += step.kv_events
+        for e in step.kv_events:
+            if isinstance(e, BlockStored):
+                missing.difference_update(e.token_ids)
         for out in step.outputs:
             assert out.first_index == len(outputs[out.request_id])
             outputs[out.request_id] += out.token_ids
@@ -349,10 +357,10 @@ def test_vllm_adapter_against_the_mock_server(tmp_path):
             now = time.monotonic()
             reqs = [EngineRequest("chat", chat_ids, 6, now, body=body, priority=1),
                     EngineRequest("cmpl", prompt, 4, now, ignore_eos=True)]
-            outputs, finish, kv = await _drive(engine, reqs, want_kv=2)
+            outputs, finish, kv = await _drive(engine, reqs,
+                                               want_stored=prompt + chat_ids[:BLOCK])
             # a repeat of the completion hits the cache: cached_tokens from the engine's usage
-            again, _, _ = await _drive(engine, [EngineRequest("cmpl2", prompt, 2, time.monotonic())],
-                                       want_kv=0)
+            again, _, _ = await _drive(engine, [EngineRequest("cmpl2", prompt, 2, time.monotonic())])
             return outputs, finish, kv, engine.stats(), again
         finally:
             await engine.stop()
@@ -406,7 +414,8 @@ def test_sglang_adapter_with_tagged_arrays(tmp_path):
                 engine.conformance.to_dict()
             assert engine.info.total_kv_blocks == 16384 and engine.info.max_num_seqs == 8
             outputs, finish, kv = await _drive(
-                engine, [EngineRequest("s1", prompt, 5, time.monotonic())], want_kv=1)
+                engine, [EngineRequest("s1", prompt, 5, time.monotonic())],
+                want_stored=prompt[:2 * BLOCK])
             return outputs, finish, kv, engine.stats()
         finally:
             await engine.stop()
