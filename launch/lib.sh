@@ -41,6 +41,8 @@ rotor_stop_all() {
     sleep 0.1
   done
   for pid in "${ROTOR_PIDS[@]}"; do kill -KILL -- "-$pid" 2>/dev/null || true; done
+  # a private namespace is this run's alone: leave no discovery folder behind
+  [[ -n "${ROTOR_PRIVATE_NAMESPACE:-}" ]] && rm -rf "${TMPDIR:-/tmp}/rotor/$ROTOR_PRIVATE_NAMESPACE"
   rotor_log "stopped"
 }
 
@@ -107,7 +109,10 @@ rotor_serve_stack() {
       *) echo "unknown option: $1" >&2; rotor_stack_usage "$name" "$description" >&2; return 2 ;;
     esac
   done
-  namespace="${namespace:-$(rotor_private_namespace)}"
+  if [[ -z "$namespace" ]]; then
+    namespace="$(rotor_private_namespace)"
+    ROTOR_PRIVATE_NAMESPACE="$namespace"
+  fi
   local model_args=()
   [[ -n "$model_path" ]] && model_args=(--model-path "$model_path")
   case "$engine" in

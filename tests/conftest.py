@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -16,6 +17,8 @@ import uuid
 from pathlib import Path
 
 import pytest
+
+from router.discovery import namespace_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -125,6 +128,8 @@ class Stack:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        # the namespace is this stack's alone: drop the records its killed workers left behind
+        shutil.rmtree(namespace_dir(self.namespace), ignore_errors=True)
 
 
 @pytest.fixture

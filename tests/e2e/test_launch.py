@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -12,6 +13,7 @@ from pathlib import Path
 import openai
 import pytest
 
+from router.discovery import namespace_dir
 from tests.conftest import ROOT, free_port, http_json
 
 
@@ -30,9 +32,11 @@ def processes_with(marker: str) -> list[int]:
 @pytest.fixture
 def launch(tmp_path):
     started: list[subprocess.Popen] = []
+    namespaces: list[str] = []
 
     def start(script: str, *args: str) -> tuple[subprocess.Popen, int, str]:
         port, namespace = free_port(), f"test-launch-{uuid.uuid4().hex[:8]}"
+        namespaces.append(namespace)
         log = open(tmp_path / f"{script}.log", "w")
         proc = subprocess.Popen(["bash", str(ROOT / "launch" / script), "--http-port", str(port),
                                  "--namespace", namespace, *args], stdout=log,
@@ -55,6 +59,8 @@ def launch(tmp_path):
     for proc in started:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+    for namespace in namespaces:       # named by the test, so the script leaves it in place
+        shutil.rmtree(namespace_dir(namespace), ignore_errors=True)
 
 
 def wait_gone(namespace: str, timeout: float = 15) -> None:
