@@ -25,6 +25,7 @@ import random
 import sys
 import time
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -49,26 +50,29 @@ AGENT_ARMS = (("kv", "none"), ("kv + priority", "priority"),
               ("kv + priority + osl + sessions", "all"))
 
 
-def ceilings(trace: Trace, workers: int, seeds: int = 5) -> dict[str, float]:
-    """Block-level reuse with caches that never evict (../shared/traces/README.md's counts)."""
-    def count(assign) -> float:
-        seen: dict[int, set[int]] = {}
-        hit = total = 0
-        for r in trace.requests:
-            cache = seen.setdefault(assign(r.index), set())
-            k = 0
-            while k < len(r.hash_ids) and r.hash_ids[k] in cache:
-                k += 1
-            hit += k
-            total += len(r.hash_ids)
-            cache.update(r.hash_ids)
-        return hit / total
+def block_reuse(trace: Trace, worker_of: Callable[[int], int] = lambda _i: 0) -> float:
+    """Share of all hash ids that a row finds, leading, on its cache when caches never evict
+    (../shared/traces/README.md's count); `worker_of(row index)` picks the row's cache."""
+    seen: dict[int, set[int]] = {}
+    hit = total = 0
+    for r in trace.requests:
+        cache = seen.setdefault(worker_of(r.index), set())
+        k = 0
+        while k < len(r.hash_ids) and r.hash_ids[k] in cache:
+            k += 1
+        hit += k
+        total += len(r.hash_ids)
+        cache.update(r.hash_ids)
+    return hit / total
 
+
+def ceilings(trace: Trace, workers: int, seeds: int = 5) -> dict[str, float]:
+    """The reuse ceilings: one shared cache, and random routing over `workers` (mean of seeds)."""
     rnd = []
     for seed in range(seeds):
         rng = random.Random(seed)
-        rnd.append(count(lambda _i: rng.randrange(workers)))
-    return {"single_cache": round(count(lambda _i: 0), 4),
+        rnd.append(block_reuse(trace, lambda _i: rng.randrange(workers)))
+    return {"single_cache": round(block_reuse(trace), 4),
             f"random_{workers}_workers": round(float(np.mean(rnd)), 4)}
 
 

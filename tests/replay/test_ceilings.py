@@ -4,14 +4,15 @@ The subset is the first rows of ../shared/traces/conversation_trace.jsonl. Its c
 counted here directly: a row reuses the leading engine blocks of its prompt that an earlier row
 on the same cache held (at most (input_length − 1) // 64 blocks: the last prompt token is always
 computed, as in every engine), with one cache for everyone (the single-cache ceiling) or one per
-worker as the replay assigned them (random routing). README-style block counts (whole hash ids)
-are computed too and must agree with the token counts within a point.
+worker as the replay assigned them (random routing). README-style block counts (whole hash ids:
+the scoreboard's `block_reuse`) must agree with the token counts within a point.
 """
 
 from __future__ import annotations
 
 import pytest
 
+from bench.scoreboard import block_reuse
 from mocker.config import MockEngineArgs
 from mocker.replay import replay_trace, trace_from_rows
 from mocker.replay.sim import Simulation
@@ -50,21 +51,6 @@ def token_ceiling(trace: Trace, workers: list[int] | None = None) -> float:
     return cached / total
 
 
-def block_ceiling(trace: Trace, workers: list[int] | None = None) -> float:
-    """README-style: whole hash ids already seen on the cache / all hash ids."""
-    seen: dict[int, set[int]] = {}
-    hit = total = 0
-    for r in trace.requests:
-        cache = seen.setdefault(workers[r.index] if workers else 0, set())
-        k = 0
-        while k < len(r.hash_ids) and r.hash_ids[k] in cache:
-            k += 1
-        hit += k
-        total += len(r.hash_ids)
-        cache.update(r.hash_ids)
-    return hit / total
-
-
 def run(trace: Trace, mode: str, workers: int):
     sim = Simulation(trace, num_workers=workers, engine_args=NEVER_EVICTS,
                      router_config=RouterConfig(router_mode=mode), seed=7)
@@ -78,14 +64,14 @@ def run(trace: Trace, mode: str, workers: int):
 def test_single_cache_and_random_routing_reproduce_counted_reuse():
     trace = subset(spread=True)
     single = token_ceiling(trace)
-    assert block_ceiling(trace) == pytest.approx(single, abs=0.01)
+    assert block_reuse(trace) == pytest.approx(single, abs=0.01)
     reuse, _ = run(trace, "round-robin", 1)
     assert reuse == pytest.approx(single, abs=1e-12)
 
     reuse, workers = run(trace, "random", WORKERS)
     counted = token_ceiling(trace, workers)
     assert reuse == pytest.approx(counted, abs=1e-12)
-    assert block_ceiling(trace, workers) == pytest.approx(counted, abs=0.01)
+    assert block_reuse(trace, workers.__getitem__) == pytest.approx(counted, abs=0.01)
     assert counted < single - 0.05            # random routing loses most of the sharing
 
 
