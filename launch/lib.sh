@@ -19,8 +19,10 @@ ROTOR_PIDS=()
 
 rotor_log() { printf '[launch] %s\n' "$*" >&2; }
 
-# A private discovery namespace, so parallel stacks never see each other's workers.
-rotor_private_namespace() { printf 'launch-%s-%s' "$(basename "$0" .sh)" "$$"; }
+# A private discovery namespace, so parallel stacks never see each other's workers; removed by
+# rotor_stop_all (a namespace given with --namespace is the caller's and stays).
+ROTOR_PRIVATE_NAMESPACE="launch-$(basename "$0" .sh)-$$"
+rotor_private_namespace() { printf '%s' "$ROTOR_PRIVATE_NAMESPACE"; }
 
 # rotor_start NAME CMD...: start CMD in the background in its own process group.
 rotor_start() {
@@ -41,8 +43,7 @@ rotor_stop_all() {
     sleep 0.1
   done
   for pid in "${ROTOR_PIDS[@]}"; do kill -KILL -- "-$pid" 2>/dev/null || true; done
-  # a private namespace is this run's alone: leave no discovery folder behind
-  [[ -n "${ROTOR_PRIVATE_NAMESPACE:-}" ]] && rm -rf "${TMPDIR:-/tmp}/rotor/$ROTOR_PRIVATE_NAMESPACE"
+  rm -rf "${TMPDIR:-/tmp}/rotor/$ROTOR_PRIVATE_NAMESPACE"    # this run's alone
   rotor_log "stopped"
 }
 
@@ -109,10 +110,7 @@ rotor_serve_stack() {
       *) echo "unknown option: $1" >&2; rotor_stack_usage "$name" "$description" >&2; return 2 ;;
     esac
   done
-  if [[ -z "$namespace" ]]; then
-    namespace="$(rotor_private_namespace)"
-    ROTOR_PRIVATE_NAMESPACE="$namespace"
-  fi
+  namespace="${namespace:-$(rotor_private_namespace)}"
   local model_args=()
   [[ -n "$model_path" ]] && model_args=(--model-path "$model_path")
   case "$engine" in
