@@ -31,13 +31,14 @@ RING_SIZE = 1024
 
 
 class _RankState:
-    """Blocks one dp rank currently holds: engine hash -> (parent engine hash, local hash)."""
+    """Blocks one dp rank currently holds: engine hash -> (parent engine hash, local hash), and
+    for a hash stored more than once, how many stores beyond the first are still outstanding."""
 
-    __slots__ = ("refcount", "blocks")
+    __slots__ = ("blocks", "extra")
 
     def __init__(self) -> None:
-        self.refcount: dict[EngineHash, int] = {}
         self.blocks: dict[EngineHash, tuple[EngineHash | None, int]] = {}
+        self.extra: dict[EngineHash, int] = {}
 
 
 class KvRelay:
@@ -60,9 +61,9 @@ class KvRelay:
         out: list[RouterEvent] = []
         for event in batch.events:
             if isinstance(event, AllBlocksCleared):
-                rank.refcount.clear()
                 rank.blocks.clear()
-                out.append(self._emit(batch.dp_rank, "cleared"))
+                rank.extra.clear()
+                out.append(self._emit(batch.dp_rank, "cleared", None, [], []))
                 continue
             if event.medium not in DEVICE_MEDIA:
                 self.dropped["non_device"] += 1
@@ -96,34 +97,40 @@ class KvRelay:
         if locals_ is None:
             locals_ = local_hashes(event.token_ids[:len(hashes) * bs], bs,
                                    lora_seed(event.lora_name))
-        blocks = list(zip(hashes, locals_))
-        refcount, held = rank.refcount, rank.blocks
-        for engine_hash, local in blocks:
-            refcount[engine_hash] = refcount.get(engine_hash, 0) + 1
-            held[engine_hash] = (parent, local)
-            parent = engine_hash
-        return self._emit(dp_rank, "stored", parent_hash=event.parent_block_hash, blocks=blocks)
+        held = rank.blocks
+        if not held.keys().isdisjoint(hashes):    # stored again: count it (rare)
+            extra = rank.extra
+            for engine_hash in hashes:
+                if engine_hash in held:
+                    extra[engine_hash] = extra.get(engine_hash, 0) + 1
+        held.update(zip(hashes, zip([parent, *hashes[:-1]], locals_)))
+        return self._emit(dp_rank, "stored", parent, list(zip(hashes, locals_)), [])
 
     def _removed(self, rank: _RankState, dp_rank: int, event: BlockRemoved) -> RouterEvent | None:
-        gone = []
-        refcount = rank.refcount
-        for engine_hash in event.block_hashes:
-            count = refcount.get(engine_hash)
-            if count is None:
-                continue  # never stored as a full device block here: the router never saw it
-            if count > 1:
-                refcount[engine_hash] = count - 1
-            else:
-                del refcount[engine_hash], rank.blocks[engine_hash]
-                gone.append(engine_hash)
+        held, extra = rank.blocks, rank.extra
+        if extra:
+            gone = []
+            for engine_hash in event.block_hashes:
+                count = extra.get(engine_hash)
+                if count is None:
+                    if held.pop(engine_hash, None) is not None:
+                        gone.append(engine_hash)
+                elif count > 1:
+                    extra[engine_hash] = count - 1
+                else:
+                    del extra[engine_hash]
+        else:   # a hash never stored as a full device block here is skipped: the router never saw it
+            gone = [h for h in event.block_hashes if held.pop(h, None) is not None]
         if not gone:
             self.dropped["empty"] += 1
             return None
-        return self._emit(dp_rank, "removed", hashes=gone)
+        return self._emit(dp_rank, "removed", None, [], gone)
 
-    def _emit(self, dp_rank: int, kind: RouterEventKind, **fields) -> RouterEvent:
+    def _emit(self, dp_rank: int, kind: RouterEventKind, parent_hash: EngineHash | None,
+              blocks: list[tuple[EngineHash, int]], hashes: list[EngineHash]) -> RouterEvent:
         self.last_event_id += 1
-        event = RouterEvent(self.worker_id, dp_rank, self.last_event_id, kind, **fields)
+        event = RouterEvent(self.worker_id, dp_rank, self.last_event_id, kind, parent_hash, blocks,
+                            hashes)
         self._ring.append(event)
         return event
 
