@@ -70,9 +70,9 @@ class OverlapScores:
 class _Node:
     __slots__ = ("children", "mask", "parent", "local")
 
-    def __init__(self, parent: _Node | None, local: int):
+    def __init__(self, parent: _Node | None, local: int, mask: int):
         self.children: dict[int, _Node] = {}  # local hash -> child
-        self.mask = 0                         # bit i set: worker slot i holds this block
+        self.mask = mask                      # bit i set: worker slot i holds this block
         self.parent = parent
         self.local = local
 
@@ -88,7 +88,7 @@ class KvIndex:
     """Prefix tree of every worker's cached blocks. Single-threaded; callers serialise access."""
 
     def __init__(self) -> None:
-        self._root = _Node(None, 0)
+        self._root = _Node(None, 0, 0)
         self._slot_of: dict[WorkerKey, int] = {}
         self._key_of: dict[int, WorkerKey] = {}
         self._free_slots: list[int] = []
@@ -136,18 +136,27 @@ class KvIndex:
             node = lookup.get(parent_hash)
             if node is None:
                 return ApplyStatus.PARENT_BLOCK_NOT_FOUND
-        if len(blocks) == 1:
-            if blocks[0][0] == parent_hash:
+        if not blocks:
+            return ApplyStatus.OK
+        hashes = [h for h, _ in blocks]
+        if len(hashes) > 1:
+            unique = set(hashes)
+            if len(unique) != len(hashes) or parent_hash in unique:
                 return ApplyStatus.INVALID_BLOCK
-        elif blocks:
-            hashes = {h for h, _ in blocks}
-            if len(hashes) != len(blocks) or parent_hash in hashes:
-                return ApplyStatus.INVALID_BLOCK
+        elif hashes[0] == parent_hash:
+            return ApplyStatus.INVALID_BLOCK
         bit = 1 << slot
+        children = node.children
+        if blocks[0][1] not in children and lookup.keys().isdisjoint(hashes):
+            # the usual case: a new branch of blocks this worker has no other name for
+            for engine_hash, local in blocks:
+                node = children[local] = lookup[engine_hash] = _Node(node, local, bit)
+                children = node.children
+            return ApplyStatus.OK
         for engine_hash, local in blocks:
             child = node.children.get(local)
             if child is None:
-                child = node.children[local] = _Node(node, local)
+                child = node.children[local] = _Node(node, local, 0)
             previous = lookup.get(engine_hash)
             if previous is not child:
                 if previous is not None:  # the engine reused a hash for another block
@@ -170,10 +179,15 @@ class KvIndex:
             node = lookup.pop(engine_hash, None)
             if node is None:
                 status = ApplyStatus.BLOCK_NOT_FOUND
-            elif extra or not node.children:
+            elif extra:
                 self._unhold(slot, node)
-            else:  # the common case inlined: an inner node, no duplicate hashes
+            else:  # `_unhold` inlined for the common case: no duplicate hashes
                 node.mask &= keep
+                while not node.mask and not node.children and node.parent is not None:
+                    parent = node.parent
+                    del parent.children[node.local]
+                    node.parent = None
+                    node = parent
         return status
 
     def clear(self, key: WorkerKey) -> None:
