@@ -95,19 +95,18 @@ def replay_trace(trace: Trace, *, router_mode: str | None = "kv", num_workers: i
     bar = Progress(f"replay {config.router_mode} x{num_workers}") if progress else None
     sim = Simulation(trace, num_workers=num_workers, engine_args=args, router_config=config,
                      seed=seed, agent=agent, progress=bar)
-    frozen = gc.isenabled()
-    gc.collect()
-    gc.freeze()          # the loaded trace is permanent: keep the collector from rescanning it
-    gc.disable()         # the simulation allocates no reference cycles worth collecting
+    # The run's garbage is freed by reference counting; what it keeps (trace, cores, index) would
+    # only be rescanned, again and again, by the cycle collector.
+    collecting = gc.isenabled()
+    gc.disable()
     try:
         result = sim.run()
+        report = _report(trace, result)
     finally:
-        if frozen:
+        if collecting:
             gc.enable()
-        gc.unfreeze()
         if bar is not None:
             bar.close()
-    report = _report(trace, result)
     report.update({
         "router_mode": config.router_mode, "num_workers": num_workers, "seed": seed,
         "trace_format": trace.trace_format, "trace_block_size": trace.trace_block_size,
