@@ -165,23 +165,28 @@ class BlockPool:
         The caller checks `num_free` first; running short is a bug."""
         if n > self.num_free:
             raise AssertionError(f"allocate({n}) with only {self.num_free} free blocks")
-        empty, ref = self._empty, self._ref
+        empty, ref, block_hash, by_hash = self._empty, self._ref, self._hash, self._by_hash
+        evict = self._inactive.pop
         blocks: list[int] = []
         removed: list[int] = []
         for _ in range(n):
             if empty:
                 b = empty.popleft()
             else:
-                b = self._inactive.pop()
-                h = self._hash[b]
-                del self._by_hash[h]
-                self._hash[b] = None
+                b = evict()
+                h = block_hash[b]
+                del by_hash[h]
+                block_hash[b] = None
                 removed.append(h)
             ref[b] = 1
             blocks.append(b)
         self.num_active += n
         if removed:
-            self._events.append(BlockRemoved(removed))
+            events = self._events
+            if events and type(events[-1]) is BlockRemoved:   # back-to-back evictions: one event
+                events[-1].block_hashes += removed
+            else:
+                events.append(BlockRemoved(removed))
         return blocks
 
     def store(self, table: list[int], first: int, hashes: Sequence[int], parent: int | None,
