@@ -66,7 +66,11 @@ class WorkerLoad:
     def __init__(self, info: WorkerInfo):
         self.info = info
         self.prefill_tokens = 0                  # tokens
-        self.block_refs: dict[int, int] = {}     # prompt sequence hash -> requests booking it
+        # Booked prompt blocks by sequence hash. They form a prefix tree (a booking holds a block
+        # with every block before it), so a count is kept per tree node, not per booking: the
+        # bookings that end at the block plus its booked followers. Booking touches only the new
+        # blocks and release only the blocks no other booking reaches.
+        self.block_refs: dict[int, int] = {}
         self.output_blocks = 0.0                 # Σ expected output blocks × remaining fraction
         self.num_requests = 0
         self.reported_used_blocks = 0            # from the worker's last LoadReport
@@ -127,9 +131,13 @@ class LoadTracker:
         self._bookings[request_id] = booking
         self._admissions.append((now, request_id))
         load.prefill_tokens += prefill_tokens
+        # the blocks already booked are a prefix; the block before the new ones gains a follower
+        # (or, when nothing is new, a booking that ends there)
         refs = load.block_refs
-        for h in seq_hashes:
-            refs[h] = refs.get(h, 0) + 1
+        k = load.active_prefix(seq_hashes)
+        if k:
+            refs[seq_hashes[k - 1]] += 1
+        refs.update(dict.fromkeys(seq_hashes[k:], 1))
         load.output_blocks += booking.output_blocks
         load.num_requests += 1
 
@@ -164,13 +172,15 @@ class LoadTracker:
         if load is None:
             return booking
         load.prefill_tokens -= booking.prefill_tokens
-        refs = load.block_refs
-        for h in booking.seq_hashes:
-            count = refs[h]
-            if count == 1:
-                del refs[h]
-            else:
-                refs[h] = count - 1
+        # free the blocks only this booking reached, from its last block back
+        refs, hashes = load.block_refs, booking.seq_hashes
+        for i in range(len(hashes) - 1, -1, -1):
+            h = hashes[i]
+            count = refs[h] - 1
+            if count:
+                refs[h] = count
+                break
+            del refs[h]
         load.output_blocks -= booking.output_blocks * booking.remaining
         if not load.block_refs and load.output_blocks < 1e-9:
             load.output_blocks = 0.0  # no float drift left behind on an idle worker

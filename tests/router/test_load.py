@@ -1,6 +1,10 @@
 """Bookings (DESIGN.md §4.4, §4.5): admission, first token, release, expiry, osl decay."""
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from router.events import LoadReport
+from router.hashing import sequence_hashes
 from router.load import BOOKING_EXPIRY_S, LoadTracker
 from tests.router.router_factories import FakeClock, make_info, make_request, make_router
 
@@ -31,6 +35,31 @@ def test_shared_prompt_blocks_count_once_and_release_by_refcount():
     tracker.release("b")
     assert (load.prefill_tokens, load.active_blocks, load.num_requests) == (0, 0, 0)
 
+
+
+# A booking's prompt: a path in a small tree of blocks (few distinct local hashes, so paths share
+# prefixes), and a script of book / release steps over a handful of request ids.
+_paths = st.lists(st.integers(0, 2), max_size=5).map(sequence_hashes)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.integers(0, 5), _paths), max_size=40))
+def test_booked_blocks_are_the_union_of_the_running_requests_prompts(steps):
+    tracker, running = make_tracker(), {}
+    load = tracker.workers[W]
+    for book, n, path in steps:
+        rid = f"r{n}"
+        if book and rid not in running:
+            assert load.active_prefix(path) == next(
+                (i for i, h in enumerate(path) if not any(h in p for p in running.values())),
+                len(path))
+            tracker.book(rid, W, 0, path, 0, 0.0)
+            running[rid] = path
+        elif not book and rid in running:
+            tracker.release(rid)
+            del running[rid]
+        assert set(load.block_refs) == {h for p in running.values() for h in p}
+        assert load.active_blocks == len(load.block_refs)
 
 def test_osl_adds_expected_output_blocks_that_decay_as_tokens_arrive():
     tracker = make_tracker()                       # block size 4
