@@ -335,7 +335,9 @@ class EngineCore:
             if n < total - comp and not chunked:
                 break
             new = -(-(comp + n) // bs) - len(hits)
-            if new > pool.num_free - pool.count_inactive(hits):
+            # taking the inactive hits shrinks num_free: count them only when that could matter
+            free = pool.num_free
+            if new > free - len(hits) and new > free - pool.count_inactive(hits):
                 break
             policy.pop()
             pool.acquire(hits)
