@@ -258,7 +258,7 @@ class Router:
             self.metrics.events[event.kind, "unknown_worker"] += 1
             return None
         if stream.in_order(event):
-            self._apply(event)
+            self._apply_known(event)
             return None
         if stream.is_duplicate(event):
             self.metrics.events[event.kind, "duplicate"] += 1
@@ -297,6 +297,9 @@ class Router:
         if not self._knows(event):
             self.metrics.events[event.kind, "unknown_worker"] += 1
             return
+        self._apply_known(event)
+
+    def _apply_known(self, event: RouterEvent) -> None:
         key = (event.worker_id, event.dp_rank)
         if event.kind == "stored":
             status = self.index.apply_stored(key, event.parent_hash, event.blocks)

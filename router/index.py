@@ -136,15 +136,17 @@ class KvIndex:
             node = lookup.get(parent_hash)
             if node is None:
                 return ApplyStatus.PARENT_BLOCK_NOT_FOUND
-        if not blocks:
-            return ApplyStatus.OK
-        hashes = [h for h, _ in blocks]
-        if len(hashes) > 1:
+        if len(blocks) == 1:
+            hashes = [blocks[0][0]]
+            if hashes[0] == parent_hash:
+                return ApplyStatus.INVALID_BLOCK
+        elif blocks:
+            hashes = [h for h, _ in blocks]
             unique = set(hashes)
             if len(unique) != len(hashes) or parent_hash in unique:
                 return ApplyStatus.INVALID_BLOCK
-        elif hashes[0] == parent_hash:
-            return ApplyStatus.INVALID_BLOCK
+        else:
+            return ApplyStatus.OK
         bit = 1 << slot
         children = node.children
         if blocks[0][1] not in children and lookup.keys().isdisjoint(hashes):
