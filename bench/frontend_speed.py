@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -28,6 +29,7 @@ import uuid
 from pathlib import Path
 
 from bench import loadgen
+from router.discovery import namespace_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 DYNAMO = {"1000": {"requests_per_s": 338.0}, "1": {"requests_per_s": 37.6, "cpu_cores": 0.24}}
@@ -84,6 +86,7 @@ def measure(speedup: str, args: argparse.Namespace) -> dict:
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
+        shutil.rmtree(namespace_dir(namespace), ignore_errors=True)   # this run's alone
 
 
 def main(argv: list[str] | None = None) -> int:
