@@ -33,7 +33,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("rotor.frontend")
 
 TICK_S = 0.1
-RECONNECT_WAIT_S = 3.0   # how long a request waits for a known worker whose connection blipped
+# How long a request waits for a known worker whose connection dropped. A worker stalled long
+# enough to miss its 5 s request-plane heartbeat (a loaded or briefly frozen machine) is also
+# dropped from discovery 5 s after its last record write, and comes back once it runs again.
+RECONNECT_WAIT_S = 10.0
 
 
 class ModelRouter:

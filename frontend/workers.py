@@ -273,6 +273,7 @@ class WorkerPool:
         self.ctx = zmq.asyncio.Context()
         self.clients: dict[int, WorkerClient] = {}
         self.models: dict[str, Model] = {}
+        self._routers: dict[str, ModelRouter] = {}   # every model's router, kept while it has none
         self.refused: dict[int, str] = {}      # worker_id -> why it was refused
         self._missing_since: dict[int, float] = {}  # connected, but not in discovery since
         self._sub = self.ctx.socket(zmq.SUB)
@@ -343,7 +344,12 @@ class WorkerPool:
             log.error("refused worker %d: %s", record.worker_id, reason)
             return
         if model is None:
-            router = ModelRouter(record.model, self.router_config, self.metrics)
+            # a model whose last worker left keeps its router: requests waiting in it for a
+            # worker to come back (ModelRouter.route) are woken when one does
+            router = self._routers.get(record.model)
+            if router is None:
+                router = self._routers[record.model] = ModelRouter(record.model, self.router_config,
+                                                                   self.metrics)
             model = self.models[record.model] = Model(record.model, tokenizer, record.kv_block_size,
                                                       record.context_length, router)
         model.worker_ids.append(record.worker_id)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import time
+
 import openai
 
 
@@ -28,6 +32,34 @@ def test_sigkilled_worker_under_migration_yields_one_complete_stream(stack_facto
     survivor = [w for w in stack.health()[1]["workers"] if w["pid"] != busy["pid"]]
     assert survivor and survivor[0]["in_flight"] == 0
     assert 'migration_type="ongoing_request"' in stack.metrics()
+
+
+def test_a_request_waits_out_a_stall_of_the_only_worker_left(stack_factory):
+    """The worker that takes over is frozen (SIGSTOP) for 8 s, longer than both its request-plane
+    heartbeat and its discovery record last (5 s each): the frontend drops it, then re-adds it
+    when it runs again, and the migrated request waits for it instead of failing."""
+    stack = stack_factory()
+    stack.start_worker()
+    stack.start_worker()
+    stack.start_frontend("--migration-limit", "3")
+    stack.wait_for_workers(2)
+    client = openai.OpenAI(base_url=stack.url + "/v1", api_key="x", max_retries=0, timeout=60)
+    stream = iter(client.chat.completions.create(
+        model="rotor-mock", max_tokens=300, stream=True, stream_options={"include_usage": True},
+        extra_body={"ignore_eos": True}, messages=[{"role": "user", "content": "keep going"}]))
+    chunks = [next(stream) for _ in range(20)]
+    (busy,) = [w for w in stack.health()[1]["workers"] if w["in_flight"]]
+    (survivor,) = [w for w in stack.health()[1]["workers"] if w["pid"] != busy["pid"]]
+    os.kill(survivor["pid"], signal.SIGSTOP)
+    try:
+        stack.kill(busy["pid"])
+        time.sleep(8)
+    finally:
+        os.kill(survivor["pid"], signal.SIGCONT)
+    chunks += list(stream)
+    assert chunks[-1].usage.completion_tokens == 300
+    # it really was dropped, and came back
+    assert f"removed worker {survivor['worker_id']}: worker left discovery" in stack.logs()
 
 
 def test_without_migration_the_stream_fails(stack_factory):
