@@ -64,23 +64,26 @@ rotor_require_gpus() {
   (( gpus >= need )) || { rotor_log "found $gpus GPU(s); this example needs $need; skipping"; return 1; }
 }
 
-# rotor_wait_for_model URL [TIMEOUT_S]: wait until URL/v1/models lists a model; fail early if a
-# child died meanwhile.
+# rotor_wait_for_model URL [TIMEOUT_S] [WORKERS]: wait until URL/v1/models lists a model and
+# URL/health at least WORKERS (1) workers; fail early if a child died meanwhile.
 rotor_wait_for_model() {
-  local url="$1" timeout="${2:-60}" start=$SECONDS pid
+  local url="$1" timeout="${2:-60}" workers="${3:-1}" start=$SECONDS pid
   while (( SECONDS - start < timeout )); do
     for pid in "${ROTOR_PIDS[@]}"; do
       kill -0 "$pid" 2>/dev/null || { rotor_log "pid $pid exited during start-up"; return 1; }
     done
-    if "$PYTHON" - "$url" <<'PY' 2>/dev/null; then return 0; fi
+    if "$PYTHON" - "$url" "$workers" <<'PY' 2>/dev/null; then return 0; fi
 import json, sys, urllib.request
 with urllib.request.urlopen(sys.argv[1] + "/v1/models", timeout=1) as r:
     models = json.load(r)["data"]
-print(", ".join(m["id"] for m in models)) if models else sys.exit(1)
+with urllib.request.urlopen(sys.argv[1] + "/health", timeout=1) as r:
+    workers = json.load(r)["workers"]
+print(", ".join(m["id"] for m in models)) if models and len(workers) >= int(sys.argv[2]) \
+    else sys.exit(1)
 PY
     sleep 0.3
   done
-  rotor_log "no model served at $url after ${timeout}s"
+  rotor_log "no model served by $workers worker(s) at $url after ${timeout}s"
   return 1
 }
 
@@ -134,7 +137,7 @@ rotor_serve_stack() {
         -- "${extra[@]}"
     done
   fi
-  rotor_wait_for_model "http://127.0.0.1:$http_port" "${ROTOR_START_TIMEOUT:-600}"
+  rotor_wait_for_model "http://127.0.0.1:$http_port" "${ROTOR_START_TIMEOUT:-600}" "$num_workers"
   rotor_log "serving on http://127.0.0.1:$http_port/v1: $num_workers $engine worker(s), router" \
     "mode $router_mode, namespace $namespace"
   rotor_wait_any_exit

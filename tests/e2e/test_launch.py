@@ -45,15 +45,11 @@ def launch(tmp_path):
                                      or str(Path(os.sys.executable))})
         started.append(proc)
         deadline = time.monotonic() + 60
-        while True:
-            try:
-                if http_json(f"http://127.0.0.1:{port}/v1/models", timeout=1)[1]["data"]:
-                    return proc, port, namespace
-            except OSError:
-                pass
+        while "[launch] serving on" not in (tmp_path / f"{script}.log").read_text():
             assert proc.poll() is None and time.monotonic() < deadline, \
                 (tmp_path / f"{script}.log").read_text()
             time.sleep(0.2)
+        return proc, port, namespace
 
     yield start
     for proc in started:
