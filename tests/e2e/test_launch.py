@@ -52,10 +52,16 @@ def launch(tmp_path):
         return proc, port, namespace
 
     yield start
-    for proc in started:
+    for proc in started:               # a test that failed early: let the script stop its children
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
     for namespace in namespaces:       # named by the test, so the script leaves it in place
+        for pid in processes_with(namespace):     # children live in their own process groups
+            os.kill(pid, signal.SIGKILL)
         shutil.rmtree(namespace_dir(namespace), ignore_errors=True)
 
 
