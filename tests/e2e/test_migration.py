@@ -10,17 +10,7 @@ import openai
 
 
 def test_sigkilled_worker_under_migration_yields_one_complete_stream(stack_factory):
-    stack = stack_factory()
-    stack.start_worker()
-    stack.start_worker()
-    stack.start_frontend("--migration-limit", "2")
-    stack.wait_for_workers(2)
-    client = openai.OpenAI(base_url=stack.url + "/v1", api_key="x", max_retries=0, timeout=60)
-    stream = iter(client.chat.completions.create(
-        model="rotor-mock", max_tokens=300, stream=True, stream_options={"include_usage": True},
-        extra_body={"ignore_eos": True}, messages=[{"role": "user", "content": "keep going"}]))
-    chunks = [next(stream) for _ in range(20)]
-    (busy,) = [w for w in stack.health()[1]["workers"] if w["in_flight"]]
+    stack, stream, chunks, busy = _streaming_on_one_of_two(stack_factory, migration_limit=2)
     stack.kill(busy["pid"])
     chunks += [next(stream) for _ in range(30)]  # no error: the stream continues elsewhere
     # mid-stream on the survivor, its booking already released the continuation's prefill load
@@ -38,17 +28,7 @@ def test_a_request_waits_out_a_stall_of_the_only_worker_left(stack_factory):
     """The worker that takes over is frozen (SIGSTOP) for 8 s, longer than both its request-plane
     heartbeat and its discovery record last (5 s each): the frontend drops it, then re-adds it
     when it runs again, and the migrated request waits for it instead of failing."""
-    stack = stack_factory()
-    stack.start_worker()
-    stack.start_worker()
-    stack.start_frontend("--migration-limit", "3")
-    stack.wait_for_workers(2)
-    client = openai.OpenAI(base_url=stack.url + "/v1", api_key="x", max_retries=0, timeout=60)
-    stream = iter(client.chat.completions.create(
-        model="rotor-mock", max_tokens=300, stream=True, stream_options={"include_usage": True},
-        extra_body={"ignore_eos": True}, messages=[{"role": "user", "content": "keep going"}]))
-    chunks = [next(stream) for _ in range(20)]
-    (busy,) = [w for w in stack.health()[1]["workers"] if w["in_flight"]]
+    stack, stream, chunks, busy = _streaming_on_one_of_two(stack_factory, migration_limit=3)
     (survivor,) = [w for w in stack.health()[1]["workers"] if w["pid"] != busy["pid"]]
     os.kill(survivor["pid"], signal.SIGSTOP)
     try:
@@ -87,3 +67,20 @@ def test_without_migration_the_stream_fails(stack_factory):
 def prefill_tokens_booked(stack) -> float:
     return sum(float(line.rsplit(" ", 1)[1]) for line in stack.metrics().splitlines()
                if line.startswith("rotor_frontend_worker_active_prefill_tokens{"))
+
+
+def _streaming_on_one_of_two(stack_factory, migration_limit: int):
+    """Two mock workers behind a frontend that migrates, and a 300-token stream 20 chunks in:
+    the stack, the stream, those chunks and the /health entry of the worker serving it."""
+    stack = stack_factory()
+    stack.start_worker()
+    stack.start_worker()
+    stack.start_frontend("--migration-limit", str(migration_limit))
+    stack.wait_for_workers(2)
+    client = openai.OpenAI(base_url=stack.url + "/v1", api_key="x", max_retries=0, timeout=60)
+    stream = iter(client.chat.completions.create(
+        model="rotor-mock", max_tokens=300, stream=True, stream_options={"include_usage": True},
+        extra_body={"ignore_eos": True}, messages=[{"role": "user", "content": "keep going"}]))
+    chunks = [next(stream) for _ in range(20)]
+    (busy,) = [w for w in stack.health()[1]["workers"] if w["in_flight"]]
+    return stack, stream, chunks, busy
