@@ -187,9 +187,10 @@ def _parse_row(index: int, where: str, row: Any, bsize: int, agentic: bool) -> T
         raise TraceError(f"{where}: input_length must be at least 1, got {isl}")
     if osl < 1:
         raise TraceError(f"{where}: output_length must be at least 1, got {osl}")
-    for h in hash_ids:
-        if isinstance(h, bool) or not isinstance(h, int) or not 0 <= h < _U32:
-            raise TraceError(f"{where}: hash_ids must be integers in [0, 2^32), got {h!r}")
+    if hash_ids and (set(map(type, hash_ids)) != {int} or min(hash_ids) < 0
+                     or max(hash_ids) >= _U32):
+        bad = next(h for h in hash_ids if type(h) is not int or not 0 <= h < _U32)
+        raise TraceError(f"{where}: hash_ids must be integers in [0, 2^32), got {bad!r}")
     if len(hash_ids) * bsize < isl:
         raise TraceError(f"{where}: {len(hash_ids)} hash_ids × trace block size {bsize} = "
                          f"{len(hash_ids) * bsize} tokens cannot cover input_length {isl}")
