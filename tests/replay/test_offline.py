@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 
@@ -75,6 +76,30 @@ def test_report_keys_and_reuse(tmp_path):
     assert report["duration_ms"] == pytest.approx(111.6)
     assert report["median_ttft_ms"] == pytest.approx(16.4)
     assert report["mean_itl_ms"] == pytest.approx(13.2)      # A: one gap of 13.2 ms
+
+
+def test_replay_leaves_the_garbage_collector_as_it_found_it(tmp_path):
+    trace = trace_from_rows(HAND_ROWS, trace_block_size=32)
+
+    def replay():
+        replay_trace(trace, router_mode="round-robin", engine_args=make_engine(tmp_path))
+
+    assert gc.isenabled()
+    replay()
+    assert gc.isenabled() and gc.get_freeze_count() == 0
+    gc.disable()
+    try:
+        replay()
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+    gc.freeze()                                  # a caller's frozen objects stay frozen
+    try:
+        frozen = gc.get_freeze_count()
+        replay()
+        assert gc.isenabled() and gc.get_freeze_count() >= frozen
+    finally:
+        gc.unfreeze()
 
 
 def test_agentic_waits_for_every_dependency_then_delay_and_tool_wait(tmp_path):
