@@ -12,7 +12,6 @@ import os
 import re
 import signal
 import time
-import urllib.request
 
 import aiohttp
 import openai

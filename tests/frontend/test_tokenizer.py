@@ -468,9 +468,14 @@ def test_incremental_detokenizer_never_emits_a_partial_character(tok):
     text = "".join(make_tokenizer.MULTILINGUAL)
     ids = tok.encode(text)
     detok = tok.detokenizer()
-    for i in range(0, len(ids), 2):
-        assert "\ufffd" not in detok.push(ids[i:i + 2])
+    pieces, i = [], 0
+    while i < len(ids):                  # random chunks, as tokens arrive from an engine
+        n = rng.randint(1, 3)
+        pieces.append(detok.push(ids[i:i + n]))
+        assert "\ufffd" not in pieces[-1]
+        i += n
     assert detok.flush() == ""
+    assert "".join(pieces) == tok.decode(ids)
 
 
 def test_window_detokenizer_for_a_sentencepiece_style_model(tmp_path):
