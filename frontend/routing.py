@@ -33,10 +33,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("rotor.frontend")
 
 TICK_S = 0.1
-# How long a request waits for a known worker whose connection dropped. A worker stalled long
-# enough to miss its 5 s request-plane heartbeat (a loaded or briefly frozen machine) is also
-# dropped from discovery 5 s after its last record write, and comes back once it runs again.
-RECONNECT_WAIT_S = 10.0
+# How long a request with no worker to go to waits for a known worker whose connection is not up:
+# one just discovered (its handshake takes a moment), or one whose connection dropped. A worker
+# stalled long enough to miss its 5 s request-plane heartbeat (a loaded or briefly frozen machine)
+# is also dropped from discovery 5 s after its last record write, and comes back once it runs again.
+CONNECT_WAIT_S = 10.0
 
 
 class ModelRouter:
@@ -46,7 +47,7 @@ class ModelRouter:
         self.metrics = metrics
         self._clients: dict[int, WorkerClient] = {}
         self._waiting: dict[str, asyncio.Future[Decision | Shed]] = {}
-        self.reconnecting: set[int] = set()    # known workers whose connection is down
+        self.connecting: set[int] = set()      # known workers whose connection is not up (yet)
         self._joined = asyncio.Event()          # set whenever a worker (re)joins
 
     # -- fleet -----------------------------------------------------------------------------
@@ -54,7 +55,7 @@ class ModelRouter:
     def add_worker(self, client: "WorkerClient") -> None:
         record = client.record
         self._clients[record.worker_id] = client
-        self.reconnecting.discard(record.worker_id)
+        self.connecting.discard(record.worker_id)
         self._joined.set()
         self._send(self.core.add_worker(WorkerInfo(
             worker_id=record.worker_id, kv_block_size=record.kv_block_size,
@@ -98,10 +99,10 @@ class ModelRouter:
         """A worker for the request, waiting in the admission queue if every worker is busy.
         Raises OpenAIError 503 (+ Retry-After) when shed; a cancelled wait leaves the queue."""
         result = self._route_now(request)
-        deadline = time.monotonic() + RECONNECT_WAIT_S
-        while (isinstance(result, Shed) and result.reason == "no_workers" and self.reconnecting
+        deadline = time.monotonic() + CONNECT_WAIT_S
+        while (isinstance(result, Shed) and result.reason == "no_workers" and self.connecting
                and (left := deadline - time.monotonic()) > 0):
-            self._joined.clear()       # a connection blipped: wait for it rather than fail
+            self._joined.clear()       # a worker is on its way: wait for it rather than fail
             try:
                 await asyncio.wait_for(self._joined.wait(), left)
             except TimeoutError:

@@ -353,6 +353,7 @@ class WorkerPool:
             model = self.models[record.model] = Model(record.model, tokenizer, record.kv_block_size,
                                                       record.context_length, router)
         model.worker_ids.append(record.worker_id)
+        model.router.connecting.add(record.worker_id)   # requests wait for its handshake
         self._sub.connect(record.event_endpoint)       # before the router asks for a dump
         self.clients[record.worker_id] = WorkerClient(self.ctx, record, self._on_state,
                                                       self._on_kv_reply)
@@ -364,7 +365,7 @@ class WorkerPool:
         model = self.models[client.record.model]
         model.worker_ids.remove(worker_id)
         model.router.remove_worker(worker_id)
-        model.router.reconnecting.discard(worker_id)
+        model.router.connecting.discard(worker_id)
         if not model.worker_ids:
             del self.models[model.name]
         try:
@@ -384,7 +385,7 @@ class WorkerPool:
             log.info("worker %d connected: routing to it", client.worker_id)
         else:
             model.router.remove_worker(client.worker_id)
-            model.router.reconnecting.add(client.worker_id)
+            model.router.connecting.add(client.worker_id)
             log.warning("worker %d disconnected: not routing to it until it reconnects",
                         client.worker_id)
 
