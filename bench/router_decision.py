@@ -1,7 +1,7 @@
 """Benchmark one routing decision: hash + match + select (+ booking) for a 16k-token prompt
 against 16 workers whose full trees come from bench/router_index.py's recorded events.
 
-    .venv/bin/python bench/router_decision.py [--samples N]
+    .venv/bin/python -m bench.router_decision [--samples N]
 
 Each sample builds a fresh `Prompt` (so block hashing is timed), calls `Router.route`, and keeps
 64 requests booked at a time (releasing the oldest), so selection sees real bookings. Results
@@ -16,12 +16,10 @@ import sys
 import time
 from collections import deque
 
-# importing router_index also puts the repository root on sys.path
-from router_index import (BLOCK_SIZE, PROMPT_TOKENS, RESULTS, load_rows, percentile,
-                          recorded_events, row_tokens, summary_us, synced_router)
-
-from router.core import RouteRequest  # noqa: E402
-from router.hashing import Prompt  # noqa: E402
+from bench.router_index import (BLOCK_SIZE, PROMPT_TOKENS, RESULTS, load_rows, percentile,
+                                recorded_events, row_tokens, summary_us, synced_router)
+from router.core import RouteRequest
+from router.hashing import Prompt
 
 ACTIVE = 64  # requests kept booked while sampling
 

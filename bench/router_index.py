@@ -1,7 +1,7 @@
 """Benchmark the KV index: apply 16 workers' router events at full speed, interleaved with
 find_matches, then time find_matches for 16k-token prompts against the full tree.
 
-    .venv/bin/python bench/router_index.py [--limit N] [--rerecord]
+    .venv/bin/python -m bench.router_index [--limit N] [--rerecord]
 
 Recording: offline replay (mocker/replay) serves every row of ../shared/traces/conversation_trace.jsonl
 at its trace time with the real router core (kv mode) and 16 real mock engine cores (16384 blocks
@@ -25,15 +25,14 @@ from pathlib import Path
 
 import msgpack
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from router.config import RouterConfig
+from router.core import Router
+from router.events import RouterEvent
+from router.hashing import Prompt
+from router.kv_sync import DumpReply
+from router.load import WorkerInfo
 
-from router.config import RouterConfig  # noqa: E402
-from router.core import Router  # noqa: E402
-from router.events import RouterEvent  # noqa: E402
-from router.hashing import Prompt  # noqa: E402
-from router.kv_sync import DumpReply  # noqa: E402
-from router.load import WorkerInfo  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 TRACE = ROOT.parent / "shared" / "traces" / "conversation_trace.jsonl"
 RESULTS = ROOT / "bench" / "results"
