@@ -38,9 +38,12 @@ def launch(tmp_path):
         port, namespace = free_port(), f"test-launch-{uuid.uuid4().hex[:8]}"
         namespaces.append(namespace)
         log = open(tmp_path / f"{script}.log", "w")
+        # SIGINT as a terminal delivers it: a pytest started in the background (nohup, `&` in a
+        # script) hands its children SIGINT ignored, which bash can then neither trap nor reset
         proc = subprocess.Popen(["bash", str(ROOT / "launch" / script), "--http-port", str(port),
                                  "--namespace", namespace, *args], stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
                                 env={**os.environ, "PYTHON": os.environ.get("PYTHON", "")
                                      or str(Path(os.sys.executable))})
         started.append(proc)
