@@ -68,6 +68,7 @@ def test_a_request_waits_for_a_discovered_worker_to_finish_connecting(stack_fact
         frozen.clear()
         os.kill(worker.pid, signal.SIGCONT)
     request.join(timeout=30)
+    assert result, "the request did not finish within 30 s of the worker resuming"
     status, reply = result[0]
     assert status == 200, reply
     assert reply["usage"]["completion_tokens"] == 3
