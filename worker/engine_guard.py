@@ -9,9 +9,11 @@
 * The engine server dies: its orphans are re-parented to the guard (subreaper).
 In every case the guard sends SIGTERM to the engine, waits up to `--grace` seconds, then SIGTERMs
 and finally SIGKILLs the whole process group, reaps it, and exits with the engine's exit status
-(128 + signal number if it was killed). Standard library only: it starts in ~50 ms.
+(128 + signal number if it was killed). With `--remove-dir`, it then deletes the engine's private
+directory (sockets, TMPDIR), which a SIGKILLed worker cannot. Standard library only: it starts in
+~50 ms.
 
-    python -m worker.engine_guard --parent PID [--grace S] -- CMD...
+    python -m worker.engine_guard --parent PID [--grace S] [--remove-dir DIR] -- CMD...
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -55,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parent", type=int, required=True, help="the worker's pid")
     parser.add_argument("--grace", type=float, default=10.0,
                         help="seconds the engine gets to stop after SIGTERM (default: 10)")
+    parser.add_argument("--remove-dir", metavar="DIR",
+                        help="directory to delete once the engine's whole group is gone")
     parser.add_argument("command", nargs=argparse.REMAINDER,
                         help="the engine command to supervise, after --")
     args = parser.parse_args(argv)
@@ -93,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         except ProcessLookupError:
             pass
     _reap_group(time.monotonic() + 1.0)
+    if args.remove_dir:
+        shutil.rmtree(args.remove_dir, ignore_errors=True)
     code = engine.returncode               # set above, before any reaping of the group
     return code if code >= 0 else 128 - code
 

@@ -206,7 +206,8 @@ class SubprocessEngine:
         env = {**os.environ, **self.flavor.environment(cfg, self._private_dir), **cfg.env}
         log.info("starting %s engine: %s", self.flavor.name, " ".join(command))
         self._proc = await asyncio.create_subprocess_exec(
-            sys.executable, str(GUARD), "--parent", str(os.getpid()), "--", *command,
+            sys.executable, str(GUARD), "--parent", str(os.getpid()),
+            "--remove-dir", str(self._private_dir), "--", *command,
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT, env=env, start_new_session=True,
             preexec_fn=set_parent_death_signal)

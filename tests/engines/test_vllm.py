@@ -12,6 +12,7 @@ import os
 import re
 import signal
 import time
+from pathlib import Path
 
 import aiohttp
 import openai
@@ -19,7 +20,7 @@ import pytest
 
 from frontend.tokenizer import Tokenizer
 from tests.conftest import http_json
-from tests.engines.conftest import MODEL_NAME, group_members, proc_stat, wait_until
+from tests.engines.conftest import MODEL_NAME, cmdline, group_members, proc_stat, wait_until
 from worker import conformance
 
 pytestmark = pytest.mark.timeout(600)
@@ -194,5 +195,9 @@ def test_no_engine_process_outlives_a_sigkilled_worker(vllm_stack):
     guard = vllm_stack.engine_guard(survivor)
     members = group_members(guard)
     assert len(members) >= 2, members              # guard + API server (+ engine core)
+    args = cmdline(guard).split()
+    private = Path(args[args.index("--remove-dir") + 1])
+    assert private.is_dir()                        # vLLM's sockets and TMPDIR
     vllm_stack.kill(survivor, signal.SIGKILL)
     wait_until(lambda: not group_members(guard), 30, "engine group gone after worker SIGKILL")
+    wait_until(lambda: not private.exists(), 10, "the engine's private directory removed")
