@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections import OrderedDict, deque
 from typing import Callable, Protocol, Sequence
 
-from router.events import BlockRemoved, BlockStored, EngineEvent
+from router.events import BlockRemoved, BlockStored, EngineEvent, EngineHash
 
 
 class EvictionPolicy(Protocol):
@@ -168,13 +168,14 @@ class BlockPool:
         empty, ref, block_hash, by_hash = self._empty, self._ref, self._hash, self._by_hash
         evict = self._inactive.pop
         blocks: list[int] = []
-        removed: list[int] = []
+        removed: list[EngineHash] = []
         for _ in range(n):
             if empty:
                 b = empty.popleft()
             else:
                 b = evict()
                 h = block_hash[b]
+                assert h is not None                          # inactive blocks are hashed
                 del by_hash[h]
                 block_hash[b] = None
                 removed.append(h)

@@ -70,7 +70,8 @@ class PriorityPolicy:
     def push(self, slot: int, priority: int, arrival: int) -> None:
         self._queue.add((-priority, arrival, slot))
 
-    requeue = push
+    def requeue(self, slot: int, priority: int, arrival: int) -> None:
+        self.push(slot, priority, arrival)
 
     def peek(self) -> int:
         return self._queue[0][2]

@@ -347,7 +347,7 @@ class Router:
             if request.arrival is None:
                 request.arrival = now
             best = max((overlaps.overlap(k) for k in keys), default=0)
-            new_tokens = max(len(request.prompt) - best * self._block_size, 0)
+            new_tokens = max(len(request.prompt) - best * request.prompt.block_size, 0)
             entry = self._queue.push(request.request_id, request, priority=request.priority,
                                      strict_priority=request.strict_priority,
                                      arrival=request.arrival, new_prefill_tokens=new_tokens,
@@ -455,7 +455,7 @@ class Router:
                now: float, queued_s: float, local: list[int], seq: list[int],
                hashing_s: float, matching_s: float) -> Decision:
         t0 = self._perf()
-        bs = self._block_size
+        bs = request.prompt.block_size            # the router's: `route` checked it
         isl = len(request.prompt)
         loads = self.loads.workers
         candidates = [Candidate(k, loads[k], overlaps.overlap(k), overlaps.tree_size(k))

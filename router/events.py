@@ -107,22 +107,22 @@ def _engine_event_to_wire(event: EngineEvent, tagged: bool) -> Any:
 
 
 def _engine_event_from_wire(raw: Any) -> EngineEvent:
+    fields: dict[str, Any]
     if isinstance(raw, dict):
-        kind = raw["type"]
-        get = raw.get
+        kind, fields = raw["type"], raw
     else:
         kind, values = raw[0], raw[1:]
         names = _TAGGED_FIELDS.get(kind)
         if names is None:
             raise ValueError(f"unknown engine KV event type {kind!r}")
-        mapping = dict(zip(names, values))
-        get = mapping.get
+        fields = dict(zip(names, values))
+    get = fields.get
     if kind == "BlockStored":
-        return BlockStored(list(get("block_hashes")), get("parent_block_hash"),
-                           list(get("token_ids")), int(get("block_size")), get("lora_id"),
+        return BlockStored(list(fields["block_hashes"]), get("parent_block_hash"),
+                           list(fields["token_ids"]), int(fields["block_size"]), get("lora_id"),
                            get("medium"), get("lora_name"), get("group_idx"))
     if kind == "BlockRemoved":
-        return BlockRemoved(list(get("block_hashes")), get("medium"), get("group_idx"))
+        return BlockRemoved(list(fields["block_hashes"]), get("medium"), get("group_idx"))
     if kind == "AllBlocksCleared":
         return AllBlocksCleared()
     raise ValueError(f"unknown engine KV event type {kind!r}")

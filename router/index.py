@@ -133,9 +133,10 @@ class KvIndex:
         if parent_hash is None:
             node = self._root
         else:
-            node = lookup.get(parent_hash)
-            if node is None:
+            parent = lookup.get(parent_hash)
+            if parent is None:
                 return ApplyStatus.PARENT_BLOCK_NOT_FOUND
+            node = parent
         if len(blocks) == 1:
             hashes = [blocks[0][0]]
             if hashes[0] == parent_hash:
@@ -230,23 +231,24 @@ class KvIndex:
         if not local_hashes:
             return OverlapScores(scores, tree_sizes)
         node = self._root.children.get(local_hashes[0])
-        active = node.mask if node is not None else 0
-        depth = 1
-        if active:
-            for h in local_hashes[1:]:
-                node = node.children.get(h)
-                if node is None:
+        if node is None or not node.mask:
+            return OverlapScores(scores, tree_sizes)
+        active, depth = node.mask, 1
+        for h in local_hashes[1:]:
+            child = node.children.get(h)
+            if child is None:
+                break
+            node = child
+            held = node.mask & active
+            if held != active:
+                for slot in _slots_of(active ^ held):
+                    scores[key_of[slot]] = depth
+                active = held
+                if not active:
                     break
-                held = node.mask & active
-                if held != active:
-                    for slot in _slots_of(active ^ held):
-                        scores[key_of[slot]] = depth
-                    active = held
-                    if not active:
-                        break
-                depth += 1
-            for slot in _slots_of(active):
-                scores[key_of[slot]] = depth
+            depth += 1
+        for slot in _slots_of(active):
+            scores[key_of[slot]] = depth
         return OverlapScores(scores, tree_sizes)
 
     def tree_size(self, key: WorkerKey) -> int:

@@ -108,7 +108,7 @@ def trajectory_stats(samples: Sequence[Sample]) -> dict:
         else:
             span[2] = 0.0
     complete = [end - start for start, end, ok in spans.values() if ok and end >= start]
-    out = {"total_trajectories": len(spans), "completed_trajectories": len(complete),
+    out: dict[str, float | None] = {"total_trajectories": len(spans), "completed_trajectories": len(complete),
            "incomplete_trajectories": len(spans) - len(complete)}
     out.update(stats(complete, "trajectory_e2e_latency_ms"))
     return out
@@ -130,8 +130,9 @@ def summary_table(report: dict, title: str) -> str:
         lines.append(f"{label:<34}" + "".join(f"{'-' if c is None else f'{c:.2f}':>11}"
                                               for c in cells))
     lines.append("")
+    requests = f"{report['completed_requests']} / {report['num_requests']}"
+    lines.append(f"{'Requests (completed / total)':<34}{requests:>11}")
     for label, key, fmt in (
-            ("Requests (completed / total)", None, None),
             ("Duration, virtual (s)", "duration_ms", lambda v: f"{v / 1000:.2f}"),
             ("Wall time (s)", "wall_time_ms", lambda v: f"{v / 1000:.3f}"),
             ("Request throughput (req/s)", "request_throughput_rps", lambda v: f"{v:.3f}"),
@@ -139,11 +140,7 @@ def summary_table(report: dict, title: str) -> str:
             ("Output token throughput (tok/s)", "output_token_throughput_tps",
              lambda v: f"{v:.0f}"),
             ("Prefix cache reused ratio", "prefix_cache_reused_ratio", lambda v: f"{v:.4f}")):
-        if key is None:
-            value = f"{report['completed_requests']} / {report['num_requests']}"
-        else:
-            value = fmt(report[key])
-        lines.append(f"{label:<34}{value:>11}")
+        lines.append(f"{label:<34}{fmt(report[key]):>11}")
     if "total_trajectories" in report:
         lines.append(f"{'Trajectories (completed / total)':<34}"
                      f"{report['completed_trajectories']} / {report['total_trajectories']:>}")
