@@ -77,8 +77,9 @@ def request_from_message(message: dict[str, Any], received_at: float) -> EngineR
         raise ValueError("request_id must be a non-empty string")
     if not isinstance(request.token_ids, list):
         raise ValueError("token_ids must be a list of ints")
-    if not isinstance(request.max_tokens, int):
-        raise ValueError("max_tokens must be an int")
+    for name in ("max_tokens", "priority"):
+        if type(getattr(request, name)) is not int:     # a bool is not a count nor a priority
+            raise ValueError(f"{name} must be an int")
     return request
 
 

@@ -40,6 +40,10 @@ def test_malformed_frames_raise_value_error(frame):
     ({"request_id": "r", "token_ids": "abc", "max_tokens": 1}, "token_ids"),
     ({"request_id": "r", "token_ids": [1], "max_tokens": "9"}, "max_tokens"),
     ({"request_id": "r", "token_ids": [1]}, "max_tokens"),
+    ({"request_id": "r", "token_ids": [1], "max_tokens": True}, "max_tokens"),
+    ({"request_id": "r", "token_ids": [1], "max_tokens": 2.5}, "max_tokens"),
+    ({"request_id": "r", "token_ids": [1], "max_tokens": 1, "priority": None}, "priority"),
+    ({"request_id": "r", "token_ids": [1], "max_tokens": 1, "priority": 1.5}, "priority"),
 ])
 def test_bad_generate_fields_are_named(fields, match):
     with pytest.raises(ValueError, match=match):
