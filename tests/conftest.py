@@ -3,6 +3,7 @@ ports, every process stopped by its PID when the test ends."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shutil
@@ -21,6 +22,17 @@ import pytest
 from router.discovery import namespace_dir
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def pytest_configure(config):
+    """ROTOR_EXPECT_COMPILED=1 (tests/test_compiled.py runs tests so): every module of the compiled
+    build must come from its C extension, or the run would test the plain sources instead."""
+    if os.environ.get("ROTOR_EXPECT_COMPILED") == "1":
+        from bench.compiled import compiled_modules
+        plain = [name for name in compiled_modules()
+                 if not importlib.import_module(name).__file__.endswith(".so")]
+        if plain:
+            raise pytest.UsageError(f"ROTOR_EXPECT_COMPILED=1 but these are plain: {plain}")
 
 
 def free_port() -> int:
