@@ -4,7 +4,7 @@
 
 compiles the modules listed under [tool.rotor] `compiled` in pyproject.toml with mypyc, the
 compiler mypy and black build their own releases with: the same sources, type-checked and turned
-into C, about 1.4x faster offline replay (bench/README.md). pip fetches mypy for the build by
+into C, about 1.5x faster offline replay (bench/README.md). pip fetches mypy for the build by
 itself; a C compiler and Python's headers must be there. Without ROTOR_MYPYC (the default) Rotor is
 plain Python. Editable installs stay plain: compiled modules would hide later edits of the sources.
 Everything else about the package is in pyproject.toml.

@@ -66,7 +66,7 @@ report = run_trace_replay([job['trace']], num_workers=job['workers'], router_mod
 
 
 def run_child(engine: str, python: str, path: str, job: dict) -> dict:
-    """One replay in a fresh `python` with PYTHONPATH `path`, from a directory holding no sources."""
+    """One replay in a fresh `python` with PYTHONPATH `path`, run from / (no sources there)."""
     code = DYNAMO_CHILD if engine == "dynamo" else ROTOR_CHILD
     env = dict(os.environ, PYTHONPATH=path, DYN_LOG="warn")
     proc = subprocess.run([python, "-c", code, json.dumps(job)], cwd=Path(path).anchor, env=env,
@@ -122,7 +122,8 @@ def main() -> None:
         raise SystemExit(f"--dynamo-python {dynamo}: no such executable "
                          "(install: ../shared/notes/dynamo-reference.md)")
     # engine -> (python, PYTHONPATH, what the child must report as its version)
-    engines: dict[str, tuple[str, str, str | None]] = {"rotor": (sys.executable, str(ROOT), "plain")}
+    engines: dict[str, tuple[str, str, str | None]] = {
+        "rotor": (sys.executable, str(ROOT), "plain")}
     scratch = tempfile.TemporaryDirectory(prefix="rotor-replay-speed-")
     if args.compiled:
         site = Path(scratch.name) / "site"

@@ -108,8 +108,9 @@ def trajectory_stats(samples: Sequence[Sample]) -> dict:
         else:
             span[2] = 0.0
     complete = [end - start for start, end, ok in spans.values() if ok and end >= start]
-    out: dict[str, float | None] = {"total_trajectories": len(spans), "completed_trajectories": len(complete),
-           "incomplete_trajectories": len(spans) - len(complete)}
+    out: dict[str, float | None] = {
+        "total_trajectories": len(spans), "completed_trajectories": len(complete),
+        "incomplete_trajectories": len(spans) - len(complete)}
     out.update(stats(complete, "trajectory_e2e_latency_ms"))
     return out
 
