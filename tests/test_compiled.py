@@ -17,6 +17,9 @@ import pytest
 from bench.compiled import build, compiled_modules
 from tests.conftest import ROOT
 
+# The build takes ~30 s and the inner run ~40 s here: room beyond the suite's 120 s per test.
+pytestmark = pytest.mark.timeout(300)
+
 # Everything that runs the compiled modules in this process (end-to-end tests run the plain
 # sources in their own processes, so they add nothing here).
 IN_PROCESS_TESTS = ["tests/router", "tests/mocker", "tests/replay", "tests/worker",
