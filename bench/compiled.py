@@ -21,14 +21,16 @@ import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("frontend", "router", "worker", "mocker", "tracing")
+
+
+def _tool(name: str) -> dict:
+    with open(ROOT / "pyproject.toml", "rb") as f:
+        return tomllib.load(f)["tool"][name]
 
 
 def compiled_modules() -> list[str]:
     """Dotted names of the modules the build compiles ([tool.rotor] in pyproject.toml)."""
-    with open(ROOT / "pyproject.toml", "rb") as f:
-        paths = tomllib.load(f)["tool"]["rotor"]["compiled"]
-    return [p.removesuffix(".py").replace("/", ".") for p in paths]
+    return [p.removesuffix(".py").replace("/", ".") for p in _tool("rotor")["compiled"]]
 
 
 def build(target: Path) -> None:
@@ -37,7 +39,8 @@ def build(target: Path) -> None:
         src = Path(scratch)
         for name in ("pyproject.toml", "setup.py", "README.md"):
             shutil.copy2(ROOT / name, src / name)
-        for package in PACKAGES:
+        for pattern in _tool("setuptools")["packages"]["find"]["include"]:   # "router*", ...
+            package = pattern.removesuffix("*")
             shutil.copytree(ROOT / package, src / package,
                             ignore=shutil.ignore_patterns("__pycache__", "*.so"))
         isolation = [] if importlib.util.find_spec("mypyc") is None else ["--no-build-isolation"]

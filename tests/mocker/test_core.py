@@ -10,6 +10,7 @@ import math
 
 import pytest
 
+import mocker.core
 from mocker.core import EngineCore, generated_ids
 from mocker.config import MockEngineArgs
 from router.events import BlockRemoved, BlockStored, decode_engine_batch, encode_engine_batch
@@ -223,7 +224,11 @@ def test_bad_max_tokens_is_refused(max_tokens):
     core = make_core()
     # Other types than int never come from the worker protocol (tests/worker/test_protocol.py);
     # the compiled build (setup.py) refuses them already when the request is built.
-    with pytest.raises((ValueError, TypeError), match="max_tokens|int object expected"):
+    if mocker.core.__file__.endswith(".so") and not isinstance(max_tokens, int):
+        raises = pytest.raises(TypeError, match="int object expected")
+    else:
+        raises = pytest.raises(ValueError, match="max_tokens")
+    with raises:
         core.add(req("a", range(1, 5), max_tokens=max_tokens))
     assert core.next_event_time() is None
 
