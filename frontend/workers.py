@@ -5,6 +5,7 @@ event-plane subscription (DESIGN.md §2).
     WorkerClient (DEALER, one per worker) ── generate/cancel ──► worker ROUTER
         reader task:  frames ──► RequestStream queues (one per in-flight request)
         monitor task: disconnect / heartbeat timeout ──► every in-flight request fails, migratable
+        engine_shutdown from the worker ──► it is stopping: no request is routed to it again
     SUB (one, connected to every worker's PUB) ──► load reports and router KV events
     each model's ModelRouter ◄── a worker joins it when its connection is up, leaves when it drops
 
@@ -96,8 +97,9 @@ class RequestStream:
 class WorkerClient:
     """One DEALER to one worker, multiplexing that worker's in-flight requests.
 
-    `on_state(client, connected)` is called when the connection comes up or drops, and
-    `on_kv_reply(client, message)` with each answer to a kv_query."""
+    `on_state(client, connected)` is called when the connection comes up or drops, or (with
+    `stopping` set) when the worker says it is stopping; `on_kv_reply(client, message)` with each
+    answer to a kv_query."""
 
     def __init__(self, ctx: zmq.asyncio.Context, record: WorkerRecord,
                  on_state: Callable[["WorkerClient", bool], None],
@@ -124,6 +126,7 @@ class WorkerClient:
         for task in self._tasks:
             task.add_done_callback(self._task_died)
         self.closed = False
+        self.stopping = False       # the worker failed a request with engine_shutdown
 
     @property
     def connected(self) -> bool:
@@ -135,8 +138,8 @@ class WorkerClient:
 
     async def submit(self, request: EngineRequest) -> RequestStream:
         """Send a request; WorkerFailed(migratable) if the worker cannot be reached."""
-        if self.closed:
-            raise WorkerFailed(f"worker {self.worker_id} is gone", migratable=True)
+        if self.closed or self.stopping:
+            raise WorkerFailed(f"worker {self.worker_id} is gone or stopping", migratable=True)
         if not self._connected.is_set():
             try:
                 await asyncio.wait_for(self._connected.wait(), CONNECT_TIMEOUT_S)
@@ -147,8 +150,14 @@ class WorkerClient:
         self._streams[request.request_id] = stream
         try:
             await self._sock.send(protocol.generate_message(self.worker_id, request))
-        except BaseException:
+        except BaseException as exc:
             self._streams.pop(request.request_id, None)
+            # A send waits while the connection is down; close() cancels it when the worker
+            # leaves. That is the worker's failure, not a cancellation of our caller.
+            task = asyncio.current_task()
+            if (isinstance(exc, asyncio.CancelledError) and self.closed and task is not None
+                    and not task.cancelling()):
+                raise WorkerFailed(f"worker {self.worker_id} is gone", migratable=True) from None
             raise
         return stream
 
@@ -214,6 +223,10 @@ class WorkerClient:
             self._dispatch(outputs)
 
     def _dispatch(self, outputs: list[RequestOutput]) -> None:
+        if not self.stopping and any(o.error == protocol.ERROR_SHUTDOWN for o in outputs):
+            # out of routing now, before the failed requests' continuations are routed
+            self.stopping = True
+            self._on_state(self, False)
         by_request: dict[str, list[RequestOutput]] = {}
         for output in outputs:
             by_request.setdefault(output.request_id, []).append(output)
@@ -242,11 +255,13 @@ class WorkerClient:
             event = parse_monitor_message(await self._monitor.recv_multipart())["event"]
             if event == zmq.EVENT_HANDSHAKE_SUCCEEDED and not self._connected.is_set():
                 self._connected.set()
-                self._on_state(self, True)
+                if not self.stopping:
+                    self._on_state(self, True)
             elif event == zmq.EVENT_DISCONNECTED and self._connected.is_set():
                 self._connected.clear()
                 self.fail_all("connection lost")
-                self._on_state(self, False)
+                if not self.stopping:
+                    self._on_state(self, False)
 
 
 @dataclass
@@ -383,6 +398,9 @@ class WorkerPool:
         if connected:
             model.router.add_worker(client)
             log.info("worker %d connected: routing to it", client.worker_id)
+        elif client.stopping:
+            model.router.remove_worker(client.worker_id)
+            log.info("worker %d is stopping: not routing to it", client.worker_id)
         else:
             model.router.remove_worker(client.worker_id)
             model.router.connecting.add(client.worker_id)

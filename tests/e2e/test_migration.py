@@ -24,6 +24,19 @@ def test_sigkilled_worker_under_migration_yields_one_complete_stream(stack_facto
     assert 'migration_type="ongoing_request"' in stack.metrics()
 
 
+def test_a_stopping_worker_gets_no_continuation_of_its_own_requests(stack_factory):
+    """A worker stopped with SIGTERM fails its requests with engine_shutdown while its connection
+    is still up. The KV router would pick it again (it holds the prompt's blocks): it must not, so
+    one migration is enough."""
+    stack, stream, chunks, busy = _streaming_on_one_of_two(stack_factory, migration_limit=1)
+    stack.kill(busy["pid"], signal.SIGTERM)
+    chunks += list(stream)
+    assert chunks[-1].usage.completion_tokens == 300
+    assert 'model_migration_total{migration_type="ongoing_request",model="rotor-mock"} 1.0' in (
+        stack.metrics())
+    assert f"worker {busy['worker_id']} is stopping: not routing to it" in stack.logs()
+
+
 def test_a_request_waits_out_a_stall_of_the_only_worker_left(stack_factory):
     """The worker that takes over is frozen (SIGSTOP) for 8 s, longer than both its request-plane
     heartbeat and its discovery record last (5 s each): the frontend drops it, then re-adds it
