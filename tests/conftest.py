@@ -35,6 +35,18 @@ def pytest_configure(config):
             raise pytest.UsageError(f"ROTOR_EXPECT_COMPILED=1 but these are plain: {plain}")
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failed end-to-end test reports its processes' logs: CI keeps nothing else of them."""
+    report = (yield).get_result()
+    if report.failed and call.when == "call":
+        values = getattr(item, "funcargs", {}).values()
+        stacks = [v for v in values if isinstance(v, Stack)]
+        stacks += [s for v in values for s in getattr(v, "stacks", ())]
+        for stack in stacks:
+            report.sections.append(("stack logs", stack.logs()))
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -153,6 +165,7 @@ def stack_factory(tmp_path):
         stacks.append(stack)
         return stack
 
+    make.stacks = stacks            # for the failure report's logs
     yield make
     for stack in stacks:
         stack.stop()
