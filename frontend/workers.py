@@ -5,7 +5,7 @@ event-plane subscription (DESIGN.md §2).
     WorkerClient (DEALER, one per worker) ── generate/cancel ──► worker ROUTER
         reader task:  frames ──► RequestStream queues (one per in-flight request)
         monitor task: disconnect / heartbeat timeout ──► every in-flight request fails, migratable
-        engine_shutdown from the worker ──► it is stopping: no request is routed to it again
+        engine_shutdown / wrong_worker ──► the worker is stopping or gone: no more routing to it
     SUB (one, connected to every worker's PUB) ──► load reports and router KV events
     each model's ModelRouter ◄── a worker joins it when its connection is up, leaves when it drops
 
@@ -98,8 +98,8 @@ class WorkerClient:
     """One DEALER to one worker, multiplexing that worker's in-flight requests.
 
     `on_state(client, connected)` is called when the connection comes up or drops, or (with
-    `stopping` set) when the worker says it is stopping; `on_kv_reply(client, message)` with each
-    answer to a kv_query."""
+    `stopping` set) when the worker says it no longer serves; `on_kv_reply(client, message)`
+    with each answer to a kv_query."""
 
     def __init__(self, ctx: zmq.asyncio.Context, record: WorkerRecord,
                  on_state: Callable[["WorkerClient", bool], None],
@@ -126,7 +126,7 @@ class WorkerClient:
         for task in self._tasks:
             task.add_done_callback(self._task_died)
         self.closed = False
-        self.stopping = False       # the worker failed a request with engine_shutdown
+        self.stopping = False       # the worker failed a request with a migratable error
 
     @property
     def connected(self) -> bool:
@@ -223,7 +223,7 @@ class WorkerClient:
             self._dispatch(outputs)
 
     def _dispatch(self, outputs: list[RequestOutput]) -> None:
-        if not self.stopping and any(o.error == protocol.ERROR_SHUTDOWN for o in outputs):
+        if not self.stopping and any(o.error in protocol.MIGRATABLE_ERRORS for o in outputs):
             # out of routing now, before the failed requests' continuations are routed
             self.stopping = True
             self._on_state(self, False)
@@ -400,7 +400,7 @@ class WorkerPool:
             log.info("worker %d connected: routing to it", client.worker_id)
         elif client.stopping:
             model.router.remove_worker(client.worker_id)
-            log.info("worker %d is stopping: not routing to it", client.worker_id)
+            log.info("worker %d is stopping or gone: not routing to it", client.worker_id)
         else:
             model.router.remove_worker(client.worker_id)
             model.router.connecting.add(client.worker_id)

@@ -26,7 +26,8 @@ from router.kv_sync import KvQuery, KvReply
 from worker.engine import EngineRequest, RequestOutput, Timings
 
 # Errors a worker reports in RequestOutput.error. A frontend may migrate requests failed with a
-# migratable error to another worker (DESIGN.md §3); the rest are final.
+# migratable error to another worker (DESIGN.md §3); the rest are final. Both migratable errors say
+# the worker the frontend addressed no longer serves, so the frontend stops routing to it at once.
 ERROR_WRONG_WORKER = "wrong_worker"       # message meant for another worker id (stale frontend)
 ERROR_SHUTDOWN = "engine_shutdown"        # the worker is stopping
 ERROR_INVALID_REQUEST = "invalid_request: "   # prefix: the engine refused the request itself

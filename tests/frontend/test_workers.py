@@ -59,7 +59,8 @@ def test_a_cancelled_caller_stays_cancelled_even_if_the_worker_leaves():
     assert isinstance(asyncio.run(_submit_then(cancel_then_close)), asyncio.CancelledError)
 
 
-def test_engine_shutdown_takes_the_worker_out_of_routing_before_its_requests_fail():
+@pytest.mark.parametrize("error", sorted(protocol.MIGRATABLE_ERRORS))
+def test_a_worker_that_no_longer_serves_leaves_routing_before_its_requests_fail(error):
     async def run():
         ctx = zmq.asyncio.Context()
         worker = ctx.socket(zmq.ROUTER)
@@ -73,7 +74,7 @@ def test_engine_shutdown_takes_the_worker_out_of_routing_before_its_requests_fai
             assert seen == [(True, False)]              # connected: routable
             _, frame = await asyncio.wait_for(worker.recv_multipart(), 5)
             assert protocol.unpack(frame)["type"] == "generate"
-            client._dispatch([RequestOutput("r1", 0, [], "error", error=protocol.ERROR_SHUTDOWN)])
+            client._dispatch([RequestOutput("r1", 0, [], "error", error=error)])
             assert seen[-1] == (False, True)            # the pool drops it from its router
             with pytest.raises(WorkerFailed) as failed:
                 await stream.next_outputs()
