@@ -223,32 +223,36 @@ class WorkerClient:
             self._dispatch(outputs)
 
     def _dispatch(self, outputs: list[RequestOutput]) -> None:
-        if not self.stopping and any(o.error in protocol.MIGRATABLE_ERRORS for o in outputs):
-            # out of routing now, before the failed requests' continuations are routed
-            self.stopping = True
-            self._on_state(self, False)
         by_request: dict[str, list[RequestOutput]] = {}
         for output in outputs:
             by_request.setdefault(output.request_id, []).append(output)
         for request_id, mine in by_request.items():
+            final = mine[-1]
+            if final.finish_reason == "error":
+                self._fail(request_id, final.error or "unknown error")
+                continue
             stream = self._streams.get(request_id)
             if stream is None:
                 continue                         # cancelled meanwhile
-            final = mine[-1]
-            if final.finish_reason == "error":
-                del self._streams[request_id]
-                error = final.error or "unknown error"
-                if error.startswith(protocol.ERROR_INVALID_REQUEST):
-                    failure = WorkerFailed(error.removeprefix(protocol.ERROR_INVALID_REQUEST),
-                                           migratable=False, invalid=True)
-                else:
-                    failure = WorkerFailed(f"worker {self.worker_id}: {error}",
-                                           migratable=error in protocol.MIGRATABLE_ERRORS)
-                stream._push(failure)
-                continue
             if final.finish_reason is not None:
                 del self._streams[request_id]
             stream._push(mine)
+
+    def _fail(self, request_id: str, error: str) -> None:
+        """The worker failed the request with `error`."""
+        migratable = error in protocol.MIGRATABLE_ERRORS
+        if migratable and not self.stopping:
+            # the worker no longer serves: out of routing before any continuation is routed
+            self.stopping = True
+            self._on_state(self, False)
+        stream = self._streams.pop(request_id, None)
+        if stream is None:
+            return                               # cancelled meanwhile
+        if error.startswith(protocol.ERROR_INVALID_REQUEST):
+            stream._push(WorkerFailed(error.removeprefix(protocol.ERROR_INVALID_REQUEST),
+                                      migratable=False, invalid=True))
+        else:
+            stream._push(WorkerFailed(f"worker {self.worker_id}: {error}", migratable))
 
     async def _monitor_loop(self) -> None:
         while True:
