@@ -39,6 +39,12 @@ MIGRATABLE_ERRORS = frozenset({ERROR_WRONG_WORKER, ERROR_SHUTDOWN})
 HEARTBEAT_IVL_MS = 300
 HEARTBEAT_TIMEOUT_MS = 5000
 SEND_HWM = 100_000    # messages queued per peer before a send waits (backpressure, never a drop)
+# How long a stopping worker keeps its request socket open after failing its requests with
+# engine_shutdown. Closing at once lost those failures about one time in three on a loaded machine:
+# the frontend saw only "connection lost", never that the worker was stopping. (Likely cause: a
+# socket closed with unread input, such as a heartbeat, resets the connection, and the peer's
+# kernel drops the data its ZMQ thread had not read yet.)
+SHUTDOWN_DRAIN_S = 0.5
 
 _GENERATE_FIELDS = ("request_id", "token_ids", "max_tokens", "priority", "ignore_eos",
                     "temperature", "top_p", "seed", "stop_token_ids", "x_request_id", "body")

@@ -125,7 +125,9 @@ class WorkerServer:
         for owner, outputs in failed.items():
             self._try_send(owner, protocol.outputs_message(self.worker_id, outputs))
         self._owners.clear()
+        drained_at = time.monotonic() + (protocol.SHUTDOWN_DRAIN_S if failed else 0.0)
         await self.engine.stop()
+        await asyncio.sleep(max(0.0, drained_at - time.monotonic()))
         self._router.close(linger=200)
         self._pub.close(linger=0)
         self._ctx.term()

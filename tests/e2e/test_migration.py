@@ -34,7 +34,11 @@ def test_a_stopping_worker_gets_no_continuation_of_its_own_requests(stack_factor
     assert chunks[-1].usage.completion_tokens == 300
     assert 'model_migration_total{migration_type="ongoing_request",model="rotor-mock"} 1.0' in (
         stack.metrics())
-    assert f"worker {busy['worker_id']} is stopping or gone: not routing to it" in stack.logs()
+    # The failure arrives while the connection is up (the worker drains before it closes); on a
+    # badly overloaded machine the disconnect may still come first, which is as good.
+    logs = stack.logs()
+    assert (f"worker {busy['worker_id']} is stopping or gone: not routing to it" in logs
+            or f"worker {busy['worker_id']} disconnected: not routing to it" in logs)
 
 
 def test_a_request_waits_out_a_stall_of_the_only_worker_left(stack_factory):
