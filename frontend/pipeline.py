@@ -8,10 +8,18 @@
 
     TextStream                 a RequestRun's tokens as text: incremental detokenization and
                                stop strings (which end the request on its worker)
+
+A client that disconnects cancels its handler's task, and the CancelledError ends the request.
+Any other CancelledError is a frontend bug: it becomes an internal error the client sees (a 500,
+or an error event mid-stream) and a logged traceback, never a silently cut stream.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -23,9 +31,24 @@ from router.hashing import Prompt
 from tracing.records import RequestClock, ToolCallCollector
 from worker.engine import EngineRequest, RequestOutput, Timings
 
+log = logging.getLogger("rotor.frontend")
+
 
 def unavailable(message: str) -> OpenAIError:
     return OpenAIError(503, message, headers={"Retry-After": "1"})
+
+
+@contextlib.contextmanager
+def unrequested_cancellation_fails(request_id: str) -> Iterator[None]:
+    """Let a cancellation of the current task through; turn any other into a 500."""
+    try:
+        yield
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is None or task.cancelling():
+            raise
+        log.exception("request %s: internal error: cancelled, but not by its client", request_id)
+        raise OpenAIError(500, "internal error in the frontend") from None
 
 
 class RequestRun:
@@ -52,7 +75,8 @@ class RequestRun:
         return self.request.request_id
 
     async def start(self) -> None:
-        await self._dispatch(self.request, self.prompt)
+        with unrequested_cancellation_fails(self.request_id):
+            await self._dispatch(self.request, self.prompt)
 
     async def _dispatch(self, request: EngineRequest, prompt: Prompt) -> None:
         """Route and submit, moving on to another worker while failures are migratable."""
@@ -169,7 +193,8 @@ class TextStream:
 
     async def next(self) -> tuple[str, list[dict[str, Any]] | None]:
         """The next piece of text and tool-call deltas; sets finish_reason at the end."""
-        outputs = await self.run.next_outputs()
+        with unrequested_cancellation_fails(self.run.request_id):
+            outputs = await self.run.next_outputs()
         deltas = [d for o in outputs if o.tool_call_deltas for d in o.tool_call_deltas] or None
         if any(o.text is not None for o in outputs):   # the engine parsed its own output
             new = "".join(o.text or "" for o in outputs)

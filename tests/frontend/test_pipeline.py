@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 from types import SimpleNamespace
 
+import pytest
+
 from frontend.pipeline import TextStream
-from frontend.protocol import Sampling
+from frontend.protocol import OpenAIError, Sampling
 from frontend.tokenizer import Tokenizer
 from worker.engine import RequestOutput
 
@@ -18,6 +20,7 @@ class FakeRun:
 
     def __init__(self, batches: list[list[RequestOutput]]):
         self.model = SimpleNamespace(tokenizer=TOKENIZER)
+        self.request_id = "r"
         self.batches = batches
         self.finish_reason = None
         self.cancelled = False
@@ -67,3 +70,35 @@ def test_without_engine_text_the_tokens_are_detokenized():
     ids = TOKENIZER.encode("plain text, from ids")
     run = FakeRun([[RequestOutput("r", 0, ids[:3])], [RequestOutput("r", 3, ids[3:], "length")]])
     assert read_all(TextStream(run, sampling())) == "plain text, from ids"
+
+
+class StrayCancelRun(FakeRun):
+    """Its wait ends in a CancelledError nobody asked for, like a socket close cancelling a
+    pending send or receive under the request."""
+
+    async def next_outputs(self) -> list[RequestOutput]:
+        waiter = asyncio.get_running_loop().create_future()
+        asyncio.get_running_loop().call_soon(waiter.cancel)
+        return await waiter
+
+
+def test_a_cancellation_nobody_asked_for_is_an_internal_error_not_a_silent_end(caplog):
+    stream = TextStream(StrayCancelRun([]), sampling())
+    with pytest.raises(OpenAIError) as failed:
+        asyncio.run(stream.next())
+    assert failed.value.status == 500
+    assert "request r: internal error: cancelled, but not by its client" in caplog.text
+
+
+def test_a_client_disconnect_still_cancels():
+    """The handler's own task is cancelled (aiohttp's handler_cancellation): that goes through."""
+    async def run() -> None:
+        stream = TextStream(FakeRun([]), sampling())
+        stream.run.next_outputs = lambda: asyncio.sleep(30)
+        task = asyncio.create_task(stream.next())
+        await asyncio.sleep(0.05)
+        task.cancel()
+        await task
+
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(run())
