@@ -39,11 +39,12 @@ MIGRATABLE_ERRORS = frozenset({ERROR_WRONG_WORKER, ERROR_SHUTDOWN})
 HEARTBEAT_IVL_MS = 300
 HEARTBEAT_TIMEOUT_MS = 5000
 SEND_HWM = 100_000    # messages queued per peer before a send waits (backpressure, never a drop)
-# How long a stopping worker keeps its request socket open after failing its requests with
-# engine_shutdown. Closing at once lost those failures about one time in three on a loaded machine:
-# the frontend saw only "connection lost", never that the worker was stopping. (Likely cause: a
-# socket closed with unread input, such as a heartbeat, resets the connection, and the peer's
-# kernel drops the data its ZMQ thread had not read yet.)
+# How long a stopping worker keeps its request socket open after its last message (such as the
+# engine_shutdown failures of its requests). Closing at once lost those failures about one time in
+# three on a loaded machine: the frontend saw only "connection lost", never that the worker was
+# stopping, and a request's last tokens could go the same way. (Likely cause: a socket closed
+# with unread input, such as a heartbeat, resets the connection, and the peer's kernel drops the
+# data its ZMQ thread had not read yet.)
 SHUTDOWN_DRAIN_S = 0.5
 
 _GENERATE_FIELDS = ("request_id", "token_ids", "max_tokens", "priority", "ignore_eos",

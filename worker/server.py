@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import math
 import os
 import threading
 import time
@@ -72,6 +73,7 @@ class WorkerServer:
         self._owners: dict[str, bytes] = {}      # request_id -> frontend DEALER identity
         self._stopping = threading.Event()       # ends the heartbeat thread
         self._relay: KvRelay | None = None        # made once the engine's block size is known
+        self._last_sent = -math.inf               # monotonic time of the last request-plane send
         self.record: WorkerRecord | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -125,9 +127,8 @@ class WorkerServer:
         for owner, outputs in failed.items():
             self._try_send(owner, protocol.outputs_message(self.worker_id, outputs))
         self._owners.clear()
-        drained_at = time.monotonic() + (protocol.SHUTDOWN_DRAIN_S if failed else 0.0)
         await self.engine.stop()
-        await asyncio.sleep(max(0.0, drained_at - time.monotonic()))
+        await asyncio.sleep(max(0.0, self._last_sent + protocol.SHUTDOWN_DRAIN_S - time.monotonic()))
         self._router.close(linger=200)
         self._pub.close(linger=0)
         self._ctx.term()
@@ -203,6 +204,7 @@ class WorkerServer:
 
     async def _send(self, owner: bytes, frame: bytes) -> None:
         """Send to one frontend, waiting out a full queue; a vanished frontend loses its requests."""
+        self._last_sent = time.monotonic()
         try:
             await self._router.send_multipart([owner, frame])
         except zmq.ZMQError as exc:
@@ -212,6 +214,7 @@ class WorkerServer:
 
     def _try_send(self, owner: bytes, frame: bytes) -> None:
         """A reply that must not wait (pong, rejection, kv_query answer); failures are logged."""
+        self._last_sent = time.monotonic()
         self._router.send_multipart([owner, frame], flags=zmq.NOBLOCK).add_done_callback(
             _log_send_failure)
 
