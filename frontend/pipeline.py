@@ -116,19 +116,20 @@ class RequestRun:
 
     async def next_outputs(self) -> list[RequestOutput]:
         """The next outputs of the request, in order, each token once."""
-        while True:
-            assert self._stream is not None
-            try:
-                outputs = await self._stream.next_outputs()
-            except WorkerFailed as exc:
-                await self._migrate(exc)
-                if self.finish_reason is not None:
-                    return [RequestOutput(self.request_id, len(self.generated), [],
-                                          self.finish_reason)]
-                continue
-            fresh = self._accept(outputs)
-            if fresh or outputs[-1].finish_reason is not None:
-                return fresh or outputs[-1:]
+        with unrequested_cancellation_fails(self.request_id):
+            while True:
+                assert self._stream is not None
+                try:
+                    outputs = await self._stream.next_outputs()
+                except WorkerFailed as exc:
+                    await self._migrate(exc)
+                    if self.finish_reason is not None:
+                        return [RequestOutput(self.request_id, len(self.generated), [],
+                                              self.finish_reason)]
+                    continue
+                fresh = self._accept(outputs)
+                if fresh or outputs[-1].finish_reason is not None:
+                    return fresh or outputs[-1:]
 
     def _accept(self, outputs: list[RequestOutput]) -> list[RequestOutput]:
         fresh: list[RequestOutput] = []
@@ -193,8 +194,7 @@ class TextStream:
 
     async def next(self) -> tuple[str, list[dict[str, Any]] | None]:
         """The next piece of text and tool-call deltas; sets finish_reason at the end."""
-        with unrequested_cancellation_fails(self.run.request_id):
-            outputs = await self.run.next_outputs()
+        outputs = await self.run.next_outputs()
         deltas = [d for o in outputs if o.tool_call_deltas for d in o.tool_call_deltas] or None
         if any(o.text is not None for o in outputs):   # the engine parsed its own output
             new = "".join(o.text or "" for o in outputs)

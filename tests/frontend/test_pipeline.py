@@ -7,10 +7,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from frontend.pipeline import TextStream
+from frontend.pipeline import RequestRun, TextStream
 from frontend.protocol import OpenAIError, Sampling
 from frontend.tokenizer import Tokenizer
-from worker.engine import RequestOutput
+from worker.engine import EngineRequest, RequestOutput
 
 TOKENIZER = Tokenizer.load(None)
 
@@ -20,7 +20,6 @@ class FakeRun:
 
     def __init__(self, batches: list[list[RequestOutput]]):
         self.model = SimpleNamespace(tokenizer=TOKENIZER)
-        self.request_id = "r"
         self.batches = batches
         self.finish_reason = None
         self.cancelled = False
@@ -72,9 +71,9 @@ def test_without_engine_text_the_tokens_are_detokenized():
     assert read_all(TextStream(run, sampling())) == "plain text, from ids"
 
 
-class StrayCancelRun(FakeRun):
-    """Its wait ends in a CancelledError nobody asked for, like a socket close cancelling a
-    pending send or receive under the request."""
+class StrayCancelStream:
+    """A worker stream whose wait ends in a CancelledError nobody asked for, like a socket close
+    cancelling a pending receive under the request."""
 
     async def next_outputs(self) -> list[RequestOutput]:
         waiter = asyncio.get_running_loop().create_future()
@@ -82,10 +81,17 @@ class StrayCancelRun(FakeRun):
         return await waiter
 
 
+def streaming_run(stream) -> RequestRun:
+    """A RequestRun already dispatched to a worker whose stream is `stream`."""
+    run = RequestRun(SimpleNamespace(tokenizer=TOKENIZER), EngineRequest("r", [1, 2], 4, 0.0),
+                     None, None, 0, None, None)
+    run._stream = stream
+    return run
+
+
 def test_a_cancellation_nobody_asked_for_is_an_internal_error_not_a_silent_end(caplog):
-    stream = TextStream(StrayCancelRun([]), sampling())
     with pytest.raises(OpenAIError) as failed:
-        asyncio.run(stream.next())
+        asyncio.run(streaming_run(StrayCancelStream()).next_outputs())
     assert failed.value.status == 500
     assert "request r: internal error: cancelled, but not by its client" in caplog.text
 
@@ -93,9 +99,8 @@ def test_a_cancellation_nobody_asked_for_is_an_internal_error_not_a_silent_end(c
 def test_a_client_disconnect_still_cancels():
     """The handler's own task is cancelled (aiohttp's handler_cancellation): that goes through."""
     async def run() -> None:
-        stream = TextStream(FakeRun([]), sampling())
-        stream.run.next_outputs = lambda: asyncio.sleep(30)
-        task = asyncio.create_task(stream.next())
+        task = asyncio.create_task(streaming_run(SimpleNamespace(
+            next_outputs=lambda: asyncio.sleep(30))).next_outputs())
         await asyncio.sleep(0.05)
         task.cancel()
         await task
